@@ -1,0 +1,82 @@
+"""The `faceptor` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import torch
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def load_config(name_or_path: str):
+    from .configuration_faceptor import FaceptorConfig
+    from .task_presets import PRESETS
+
+    if name_or_path in PRESETS:
+        return FaceptorConfig.from_preset(name_or_path)
+    if os.path.isdir(name_or_path):
+        try:
+            return FaceptorConfig.from_pretrained(name_or_path)
+        except (OSError, ValueError) as error:
+            raise CommandError(f"{name_or_path}: not a Faceptor model folder ({error})") from None
+    raise CommandError(f"{name_or_path}: neither a preset ({', '.join(PRESETS)}) nor a model folder")
+
+
+def parameter_summary(config) -> list[tuple[str, int]]:
+    """Parameter counts per component and per task's own parameters, built on the meta device."""
+    from .modeling_faceptor import FaceptorModel
+
+    with torch.device("meta"):
+        model = FaceptorModel(config)
+    rows = [(name, sum(p.numel() for p in module.parameters())) for name, module in model.named_children()]
+    for spec in config.task_specs.values():
+        own = sum(
+            container[spec.name].numel()
+            for container in (
+                model.decoder.query_features,
+                model.decoder.query_position_embeddings,
+                getattr(model.decoder, "task_level_embeddings", {}),
+            )
+            if spec.name in container
+        )
+        rows.append((f"  task {spec.name} ({spec.kind}, {spec.num_queries} queries)", own))
+    return rows
+
+
+def command_summary(args: argparse.Namespace) -> None:
+    config = load_config(args.model)
+    rows = parameter_summary(config)
+    total = sum(count for name, count in rows if not name.startswith("  "))
+    width = max(len(name) for name, _ in rows)
+    print(f"{args.model}: {total / 1e6:.1f}M parameters")
+    for name, count in rows:
+        print(f"{name:<{width}}  {count / 1e6:>8.3f}M")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faceptor", description="Faceptor: one model for every face task.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    summary = commands.add_parser("summary", help="parameter counts of a preset or a saved model")
+    summary.add_argument("model", nargs="?", default="faceptor-base", help="preset name or model folder")
+    summary.set_defaults(handler=command_summary)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except CommandError as error:
+        print(f"faceptor: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,653 @@
+"""Faceptor (Qin et al., ECCV 2024): a FaRL ViT encoder, a transformer decoder with task-specific queries and
+Layer-Attention, a pixel decoder, and output modules shared per task category."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_faceptor import FaceptorConfig, TaskSpec
+from .outputs_faceptor import FaceptorOutput
+
+
+def tag_init_scheme(module: nn.Module, scheme: str) -> nn.Module:
+    """Marks every linear layer under `module` with the initialisation scheme `_init_weights` applies."""
+    for submodule in module.modules():
+        if isinstance(submodule, nn.Linear):
+            submodule._init_scheme = scheme
+    return module
+
+
+class FaceptorTaskParameters(nn.ParameterDict):
+    """One parameter per task name (queries, their positions, or per-task layer embeddings); `distribution`
+    is the official initialisation: `"normal"` N(0, 1) or `"uniform"` U(0, 1)."""
+
+    def __init__(self, distribution: str = "normal"):
+        super().__init__()
+        self.distribution = distribution
+
+
+class FaceptorLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input dtype, as FaRL's encoder does."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        normalized = F.layer_norm(hidden_states.float(), self.normalized_shape, None, None, self.eps)
+        return self.weight * normalized.to(dtype) + self.bias
+
+
+class FaceptorChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of a `(batch, channels, height, width)` map (ConvNeXt style)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        mean = hidden_states.mean(1, keepdim=True)
+        variance = (hidden_states - mean).pow(2).mean(1, keepdim=True)
+        hidden_states = (hidden_states - mean) / torch.sqrt(variance + self.eps)
+        return self.weight[:, None, None] * hidden_states + self.bias[:, None, None]
+
+
+class FaceptorDropPath(nn.Module):
+    """Stochastic depth: drops a sample's residual branch with probability `drop_prob` while training."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * mask / keep_prob
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class FaceptorAttention(nn.Module):
+    """Multi-head attention with separate query, key and value inputs, through the transformers attention
+    interface (eager or SDPA)."""
+
+    def __init__(self, config: FaceptorConfig, embed_dim: int, num_heads: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(
+        self,
+        query_states: torch.Tensor,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch_size, query_length, _ = query_states.shape
+        key_length = key_states.shape[1]
+        query = self.q_proj(query_states).view(batch_size, query_length, self.num_heads, self.head_dim).transpose(1, 2)
+        key = self.k_proj(key_states).view(batch_size, key_length, self.num_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(value_states).view(batch_size, key_length, self.num_heads, self.head_dim).transpose(1, 2)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, _ = attention_interface(self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0)
+        return self.out_proj(attn_output.reshape(batch_size, query_length, -1))
+
+
+class FaceptorEncoderEmbeddings(nn.Module):
+    """Bias-free patch convolution, class token, and a positional embedding learnt on a fixed grid and
+    interpolated (bicubic) to each input's patch grid, so 112 px and 512 px faces share it."""
+
+    def __init__(self, config: FaceptorConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.grid_size = config.position_grid_size
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size, bias=False
+        )
+        self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.position_embedding = nn.Parameter(torch.zeros(1 + config.position_grid_size**2, config.hidden_size))
+
+    def interpolated_position_embedding(self, height: int, width: int) -> torch.Tensor:
+        """`(1 + height * width, hidden_size)`: the class position, then the grid resized to `height x width`."""
+        if (height, width) == (self.grid_size, self.grid_size):
+            return self.position_embedding
+        class_position, grid = self.position_embedding[:1], self.position_embedding[1:]
+        grid = grid.reshape(1, self.grid_size, self.grid_size, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
+        return torch.cat([class_position, grid.flatten(2)[0].t()], dim=0)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        patches = self.patch_embedding(pixel_values)
+        height, width = patches.shape[-2:]
+        patches = patches.flatten(2).transpose(1, 2)
+        class_token = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+        embeddings = torch.cat([class_token, patches], dim=1)
+        embeddings = embeddings + self.interpolated_position_embedding(height, width).to(patches.dtype)
+        return embeddings, (height, width)
+
+
+class FaceptorEncoderMLP(nn.Module):
+    def __init__(self, config: FaceptorConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class FaceptorEncoderLayer(GradientCheckpointingLayer):
+    """Pre-norm ViT block (CLIP's residual attention block)."""
+
+    def __init__(self, config: FaceptorConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.layer_norm1 = FaceptorLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = FaceptorAttention(config, config.hidden_size, config.num_attention_heads)
+        self.layer_norm2 = FaceptorLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = FaceptorEncoderMLP(config)
+        self.drop_path = FaceptorDropPath(drop_path)
+        tag_init_scheme(self, "vit")
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = self.layer_norm1(hidden_states)
+        hidden_states = hidden_states + self.drop_path(self.self_attn(normed, normed, normed))
+        return hidden_states + self.drop_path(self.mlp(self.layer_norm2(hidden_states)))
+
+
+class FaceptorEncoder(nn.Module):
+    """FaRL/CLIP ViT that keeps every layer's output (paper Eq. 1)."""
+
+    def __init__(self, config: FaceptorConfig):
+        super().__init__()
+        self.embeddings = FaceptorEncoderEmbeddings(config)
+        self.pre_layernorm = FaceptorLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        drop_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
+        self.layers = nn.ModuleList(FaceptorEncoderLayer(config, rate) for rate in drop_rates)
+        if config.projection_dim is not None:
+            self.post_layernorm = FaceptorLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.projection = tag_init_scheme(
+                nn.Linear(config.hidden_size, config.projection_dim, bias=False), "clip_projection"
+            )
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """Returns every layer's output, each `(batch, 1 + h * w, hidden_size)` with the class token first,
+        and the patch grid `(h, w)`."""
+        hidden_states, grid = self.embeddings(pixel_values)
+        hidden_states = self.pre_layernorm(hidden_states)
+        all_hidden_states = []
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+            all_hidden_states.append(hidden_states)
+        return all_hidden_states, grid
+
+
+class FaceptorAnchorPositionEmbedding(nn.Module):
+    """Key positions of the decoder: a sine embedding of each patch centre (its "anchor", normalised to
+    (0, 1)) mapped by a 2-layer MLP, as the official `cross_pos_embed="anchor"`."""
+
+    def __init__(self, hidden_size: int, temperature: float = 10000.0):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.temperature = temperature
+        self.fc1 = nn.Linear(hidden_size, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+
+    def sine_embedding(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """`(height * width, hidden_size)`: sine/cosine of y (first half) and x (second half)."""
+        num_features = self.hidden_size // 2
+        y = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+        x = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+        y, x = torch.meshgrid(y, x, indexing="ij")
+        frequencies = torch.arange(num_features, device=device, dtype=torch.float32)
+        frequencies = self.temperature ** (2 * (frequencies // 2) / num_features)
+
+        def encode(coordinate: torch.Tensor) -> torch.Tensor:
+            angles = (coordinate * (2 * math.pi))[..., None] / frequencies
+            return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+        return torch.cat([encode(y), encode(x)], dim=-1).flatten(0, 1)
+
+    def forward(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        sine = self.sine_embedding(height, width, device).to(dtype)
+        return self.fc2(F.relu(self.fc1(sine)))
+
+
+class FaceptorDecoderLayer(GradientCheckpointingLayer):
+    """Cross-attention to the encoder features, self-attention among the task's queries, FFN; each
+    followed by a residual and a LayerNorm (post-norm), in the official order."""
+
+    def __init__(self, config: FaceptorConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.cross_attn = FaceptorAttention(config, width, config.decoder_attention_heads)
+        self.cross_attn_layer_norm = nn.LayerNorm(width)
+        self.self_attn = FaceptorAttention(config, width, config.decoder_attention_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, config.decoder_ffn_dim)
+        self.activation = ACT2FN[config.decoder_activation]
+        self.fc2 = nn.Linear(config.decoder_ffn_dim, width)
+        self.final_layer_norm = nn.LayerNorm(width)
+        tag_init_scheme(self, "fan_in")
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        query_position: torch.Tensor,
+        memory: torch.Tensor,
+        memory_keys: torch.Tensor,
+    ) -> torch.Tensor:
+        """`hidden_states` `(B, Q, C)`, `query_position` `(Q, C)`, `memory` `(B, M, C)` values and
+        `memory_keys` `(B, M, C)`: the memory plus its position and layer-aware embeddings (paper Eq. 7)."""
+        attended = self.cross_attn(hidden_states + query_position, memory_keys, memory)
+        hidden_states = self.cross_attn_layer_norm(hidden_states + attended)
+        positioned = hidden_states + query_position
+        attended = self.self_attn(positioned, positioned, hidden_states)
+        hidden_states = self.self_attn_layer_norm(hidden_states + attended)
+        hidden_states = self.final_layer_norm(hidden_states + self.fc2(self.activation(self.fc1(hidden_states))))
+        return hidden_states
+
+
+class FaceptorDecoder(nn.Module):
+    """Transformer decoder of task-specific queries over projected encoder features from several layers.
+
+    Layer-Attention (paper Sec. 3.3): each level of `config.decoder_feature_layers` has its own 1x1 input
+    projection; its keys carry the anchor position embedding plus a layer-aware embedding, either one per
+    level shared by all tasks (`layer_embedding_scope="shared"`, the official `level_embed`) or one set per
+    task (`"per_task"`, the paper's L_t). A task with `use_layer_attention=False` reads the top level only.
+    """
+
+    def __init__(self, config: FaceptorConfig):
+        super().__init__()
+        self.config = config
+        width = config.decoder_hidden_size
+        self.feature_layers = list(config.decoder_feature_layers)
+        self.input_projections = tag_init_scheme(
+            nn.ModuleList(nn.Linear(config.hidden_size, width) for _ in self.feature_layers), "caffe2_xavier"
+        )
+        self.anchor_position = FaceptorAnchorPositionEmbedding(width)
+        if config.layer_embedding_scope == "shared":
+            self.level_embeddings = nn.Parameter(torch.zeros(len(self.feature_layers), width))
+        else:
+            self.task_level_embeddings = FaceptorTaskParameters("normal")
+        self.query_features = FaceptorTaskParameters("normal")
+        self.query_position_embeddings = FaceptorTaskParameters("uniform")
+        self.layers = nn.ModuleList(FaceptorDecoderLayer(config) for _ in range(config.decoder_layers))
+
+    def add_task_parameters(
+        self, spec: TaskSpec, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> list[nn.Parameter]:
+        """Creates the task's queries, query positions and (per-task scope) layer embeddings, uninitialised."""
+        if spec.num_queries == 0:
+            return []
+        width = self.config.decoder_hidden_size
+        created = {
+            self.query_features: torch.empty(spec.num_queries, width, device=device, dtype=dtype),
+            self.query_position_embeddings: torch.empty(spec.num_queries, width, device=device, dtype=dtype),
+        }
+        if self.config.layer_embedding_scope == "per_task":
+            created[self.task_level_embeddings] = torch.empty(
+                len(self.feature_layers), width, device=device, dtype=dtype
+            )
+        parameters = []
+        for container, value in created.items():
+            container[spec.name] = nn.Parameter(value)
+            parameters.append(container[spec.name])
+        return parameters
+
+    def levels_for(self, spec: TaskSpec) -> list[int]:
+        """Indices into `feature_layers` that the task reads."""
+        if spec.use_layer_attention:
+            return list(range(len(self.feature_layers)))
+        return [self.feature_layers.index(self.config.num_hidden_layers - 1)]
+
+    def layer_embeddings(self, task_name: str) -> torch.Tensor:
+        """`(num_levels, C)` layer-aware embeddings the task adds to its keys."""
+        if self.config.layer_embedding_scope == "shared":
+            return self.level_embeddings
+        return self.task_level_embeddings[task_name]
+
+    def project(self, patch_features: dict[int, torch.Tensor], levels: Iterable[int]) -> dict[int, torch.Tensor]:
+        """Projects the encoder features `(B, h*w, hidden_size)` of the given level indices to `(B, h*w, C)`."""
+        return {level: self.input_projections[level](patch_features[self.feature_layers[level]]) for level in levels}
+
+    def forward(
+        self, spec: TaskSpec, projected: dict[int, torch.Tensor], anchor_position: torch.Tensor
+    ) -> torch.Tensor:
+        """Decodes one task from projected levels and the `(h*w, C)` anchor positions; returns its tokens
+        `(B, num_queries, C)`."""
+        levels = self.levels_for(spec)
+        layer_embeddings = self.layer_embeddings(spec.name)
+        memory = torch.cat([projected[level] for level in levels], dim=1)
+        key_positions = torch.cat([anchor_position + layer_embeddings[level] for level in levels], dim=0)
+        memory_keys = memory + key_positions
+        batch_size = memory.shape[0]
+        hidden_states = self.query_features[spec.name].unsqueeze(0).expand(batch_size, -1, -1)
+        query_position = self.query_position_embeddings[spec.name]
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, query_position, memory, memory_keys)
+        return hidden_states
+
+
+class FaceptorPixelDecoder(nn.Module):
+    """Upsamples the projected top-layer features 4x into per-pixel embeddings (paper Eq. 5): two 2x2
+    transposed convolutions with a channel LayerNorm and GELU between them."""
+
+    def __init__(self, config: FaceptorConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.upsample1 = nn.ConvTranspose2d(width, width, kernel_size=2, stride=2)
+        self.norm = FaceptorChannelLayerNorm(width)
+        self.upsample2 = nn.ConvTranspose2d(width, width, kernel_size=2, stride=2)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.upsample2(F.gelu(self.norm(self.upsample1(features))))
+
+
+class FaceptorDenseHead(nn.Module):
+    """Shared output module of dense tasks: an MLP aligns the task tokens with the pixel embeddings, and
+    their dot product gives one map per query."""
+
+    def __init__(self, config: FaceptorConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(config.dense_mlp_layers))
+
+    def forward(self, task_tokens: torch.Tensor, pixel_embeddings: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            task_tokens = layer(task_tokens)
+            if index < len(self.layers) - 1:
+                task_tokens = F.relu(task_tokens)
+        return torch.einsum("bqc,bchw->bqhw", task_tokens, pixel_embeddings)
+
+
+class FaceptorAttributeHead(nn.Module):
+    """Shared output module of attribute tasks: one linear layer maps each task token to one value."""
+
+    def __init__(self, config: FaceptorConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.decoder_hidden_size, 1)
+
+    def forward(self, task_tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(task_tokens).squeeze(-1)
+
+
+class FaceptorIdentityHead(nn.Module):
+    """Shared output module of identity tasks (SwinFace's FC-BN-FC-BN): LayerNorm, average pool over the
+    top layer's patch tokens, then Linear-BN-Linear-BN."""
+
+    def __init__(self, config: FaceptorConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.hidden_size)
+        self.fc1 = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.batch_norm1 = nn.BatchNorm1d(config.hidden_size, eps=2e-5)
+        self.fc2 = nn.Linear(config.hidden_size, config.identity_embedding_size, bias=False)
+        self.batch_norm2 = nn.BatchNorm1d(config.identity_embedding_size, eps=2e-5)
+
+    def forward(self, patch_features: torch.Tensor) -> torch.Tensor:
+        pooled = self.layer_norm(patch_features).mean(dim=1)
+        return self.batch_norm2(self.fc2(self.batch_norm1(self.fc1(pooled))))
+
+
+class FaceptorPreTrainedModel(PreTrainedModel):
+    config: FaceptorConfig
+    config_class = FaceptorConfig
+    base_model_prefix = "faceptor"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["FaceptorEncoderLayer", "FaceptorDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The official initialisation: FaRL's for the encoder, Mask2Former's "fan_in" for the decoder
+        layers, Caffe2 Xavier for the input projections, PyTorch defaults for the output modules.
+
+        Each module is initialised from its own parameters only (transformers skips parents whose direct
+        parameters are all loaded), so layers carry their scheme as a tag set at construction."""
+        scheme = getattr(module, "_init_scheme", None)
+        if isinstance(module, FaceptorTaskParameters):
+            for parameter in module.values():
+                if module.distribution == "uniform":
+                    init.uniform_(parameter, 0.0, 1.0)
+                else:
+                    init.normal_(parameter)
+        elif isinstance(module, FaceptorEncoderEmbeddings):
+            scale = self.config.hidden_size**-0.5
+            init.trunc_normal_(module.patch_embedding.weight, std=self.config.initializer_range)
+            init.normal_(module.class_embedding, std=scale)
+            init.normal_(module.position_embedding, std=scale)
+        elif isinstance(module, FaceptorDecoder) and self.config.layer_embedding_scope == "shared":
+            init.normal_(module.level_embeddings)
+        elif isinstance(module, nn.Linear) and scheme is not None:
+            if scheme == "vit":
+                init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            elif scheme == "clip_projection":
+                init.normal_(module.weight, std=self.config.hidden_size**-0.5)
+            elif scheme == "fan_in":
+                init.normal_(module.weight, std=module.in_features**-0.5)
+            elif scheme == "caffe2_xavier":
+                init.kaiming_uniform_(module.weight, a=1)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            # PyTorch's default reset, through the init functions that spare loaded weights.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                receptive_field = module.weight[0, 0].numel()
+                fan_in = module.weight.shape[0 if isinstance(module, nn.ConvTranspose2d) else 1] * receptive_field
+                init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d, FaceptorChannelLayerNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm1d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+
+
+class FaceptorModel(FaceptorPreTrainedModel):
+    """Faceptor: one encoder pass, then every requested task decoded from its queries.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from faceptor import FaceptorConfig, FaceptorModel
+    >>> model = FaceptorModel(FaceptorConfig.from_preset("faceptor-base")).eval()
+    >>> out = model(torch.randn(1, 3, 112, 112), tasks=["age_morph2", "affect_rafdb"])
+    >>> out.task_outputs["age_morph2"].shape
+    torch.Size([1, 101])
+    ```
+    """
+
+    def __init__(self, config: FaceptorConfig):
+        super().__init__(config)
+        self.encoder = FaceptorEncoder(config)
+        self.decoder = FaceptorDecoder(config)
+        for spec in config.task_specs.values():
+            self.decoder.add_task_parameters(spec)
+            self._ensure_output_module(spec.category)
+        self.post_init()
+
+    def _ensure_output_module(self, category: str) -> list[nn.Module]:
+        """Creates the shared output module(s) of a task category once; returns what was created."""
+        wanted = {
+            "dense": {"pixel_decoder": FaceptorPixelDecoder, "dense_head": FaceptorDenseHead},
+            "attribute": {"attribute_head": FaceptorAttributeHead},
+            "identity": {"identity_head": FaceptorIdentityHead},
+        }[category]
+        created = []
+        for attribute, module_class in wanted.items():
+            if not hasattr(self, attribute):
+                setattr(self, attribute, module_class(self.config))
+                created.append(getattr(self, attribute))
+        return created
+
+    @property
+    def task_specs(self) -> dict[str, TaskSpec]:
+        return self.config.task_specs
+
+    def resolve_tasks(self, tasks: str | Sequence[str] | None) -> list[TaskSpec]:
+        """The specs of the requested tasks (all tasks when `None`); a `ValueError` names any unknown one."""
+        specs = self.task_specs
+        if tasks is None:
+            return list(specs.values())
+        names = [tasks] if isinstance(tasks, str) else list(tasks)
+        if not names:
+            raise ValueError("No task requested: pass task names, or tasks=None for all tasks.")
+        unknown = [name for name in names if name not in specs]
+        if unknown:
+            raise ValueError(f"The model has no task {unknown}; its tasks are {list(specs)}.")
+        return [specs[name] for name in dict.fromkeys(names)]
+
+    def add_task(self, spec: TaskSpec | dict) -> int:
+        """Adds a new-coming task (paper Sec. 1): only its queries, their position embeddings and, with
+        per-task layer embeddings, its layer embeddings; plus a category's output module if the model had
+        none. Returns the number of parameters added."""
+        spec = TaskSpec.from_any(spec)
+        if spec.name in self.task_specs:
+            raise ValueError(f"The model already has a task named {spec.name!r}.")
+        reference = self.encoder.embeddings.class_embedding
+        new_modules = self._ensure_output_module(spec.category)
+        new_parameters = self.decoder.add_task_parameters(spec, device=reference.device, dtype=reference.dtype)
+        for module in new_modules:
+            module.to(device=reference.device, dtype=reference.dtype)
+            module.apply(self._init_weights)
+        with torch.no_grad():
+            for container in (
+                self.decoder.query_features,
+                self.decoder.query_position_embeddings,
+                getattr(self.decoder, "task_level_embeddings", None),
+            ):
+                if container is not None and spec.name in container:
+                    parameter = container[spec.name]
+                    parameter.uniform_(0.0, 1.0) if container.distribution == "uniform" else parameter.normal_()
+        self.config.tasks = [*self.config.tasks, spec.to_dict()]
+        added = sum(p.numel() for p in new_parameters) + sum(
+            p.numel() for module in new_modules for p in module.parameters()
+        )
+        return added
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+            shape = getattr(pixel_values, "shape", type(pixel_values).__name__)
+            raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {shape}.")
+        channels, height, width = pixel_values.shape[1:]
+        if channels != self.config.num_channels:
+            raise ValueError(f"pixel_values has {channels} channels; the model expects {self.config.num_channels}.")
+        patch = self.config.patch_size
+        if height % patch or width % patch or height == 0 or width == 0:
+            raise ValueError(f"Image size {height}x{width} must be a positive multiple of the patch size {patch}.")
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        tasks: str | Sequence[str] | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool | None = None,
+    ) -> FaceptorOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Normalised face crops; height and width multiples of the patch size.
+        tasks (`str` or `list[str]`, *optional*):
+            Tasks to decode (all the model's tasks by default).
+        output_hidden_states (`bool`, *optional*):
+            Also return every encoder layer's output.
+        """
+        self._check_pixel_values(pixel_values)
+        specs = self.resolve_tasks(tasks)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        pixel_values = pixel_values.to(self.encoder.embeddings.patch_embedding.weight.dtype)
+
+        decoded = [spec for spec in specs if spec.category != "identity"]
+        # Only the levels some requested task reads are projected.
+        levels = sorted({level for spec in decoded for level in self.decoder.levels_for(spec)})
+        hidden_states, (height, width) = self.encoder(pixel_values)
+        patch_features = {index: layer_output[:, 1:] for index, layer_output in enumerate(hidden_states)}
+
+        projected = self.decoder.project(patch_features, levels)
+        anchor_position = None
+        if decoded:
+            anchor_position = self.decoder.anchor_position(height, width, pixel_values.device, pixel_values.dtype)
+        pixel_embeddings = None
+        if any(spec.category == "dense" for spec in specs):
+            top_level = self.decoder.feature_layers.index(self.config.top_layer)
+            top = projected[top_level]
+            top = top.transpose(1, 2).reshape(top.shape[0], top.shape[2], height, width)
+            pixel_embeddings = self.pixel_decoder(top)
+
+        task_outputs, decoder_tokens = {}, {}
+        for spec in specs:
+            if spec.category == "identity":
+                task_outputs[spec.name] = self.identity_head(patch_features[self.config.top_layer])
+                continue
+            tokens = self.decoder(spec, projected, anchor_position)
+            decoder_tokens[spec.name] = tokens
+            if spec.category == "dense":
+                task_outputs[spec.name] = self.dense_head(tokens, pixel_embeddings)
+            else:
+                task_outputs[spec.name] = self.attribute_head(tokens)
+
+        output = FaceptorOutput(
+            task_outputs=task_outputs,
+            decoder_tokens=decoder_tokens,
+            pixel_embeddings=pixel_embeddings,
+            encoder_hidden_states=tuple(hidden_states) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """FaRL's CLIP image embedding `(batch, projection_dim)`: the class token of the top layer through
+        `post_layernorm` and `projection`."""
+        if self.config.projection_dim is None:
+            raise ValueError("This model has no image projection (config.projection_dim is None).")
+        self._check_pixel_values(pixel_values)
+        hidden_states, _ = self.encoder(pixel_values.to(self.encoder.embeddings.patch_embedding.weight.dtype))
+        return self.encoder.projection(self.encoder.post_layernorm(hidden_states[-1][:, 0]))
+
+
+FaceptorConfig.register_for_auto_class()
+FaceptorModel.register_for_auto_class("AutoModel")
+
+__all__ = ["FaceptorModel", "FaceptorPreTrainedModel"]

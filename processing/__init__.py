@@ -1,0 +1,1 @@
+"""Image processing and the face-perception pipeline (issue 4)."""

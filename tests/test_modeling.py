@@ -1,0 +1,240 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from conftest import tiny_config
+from faceptor import FaceptorConfig, FaceptorModel
+
+
+def run_all_tasks(model, batch_size=2, size=64, **kwargs):
+    return model(torch.randn(batch_size, 3, size, size), **kwargs)
+
+
+@pytest.mark.parametrize("scope", ["shared", "per_task"])
+def test_every_task_has_the_documented_output_shape(scope):
+    config = tiny_config(layer_embedding_scope=scope)
+    model = FaceptorModel(config).eval()
+    with torch.no_grad():
+        out = run_all_tasks(model, batch_size=3, size=64)
+    expected = {
+        "recog_ms1mv3": (3, 24), "age_morph2": (3, 101), "biattr_celeba": (3, 40), "affect_affectnet": (3, 7),
+        "affect_rafdb": (3, 7), "parsing_celebam": (3, 19, 16, 16), "align_300w": (3, 68, 16, 16),
+    }  # fmt: skip
+    assert {name: tuple(value.shape) for name, value in out.task_outputs.items()} == expected
+    assert out.pixel_embeddings.shape == (3, 16, 16, 16)
+    assert out.decoder_tokens["age_morph2"].shape == (3, 101, 16)
+    assert "recog_ms1mv3" not in out.decoder_tokens
+    assert all(torch.isfinite(value).all() for value in out.task_outputs.values())
+
+
+def test_non_square_inputs_and_a_subset_of_tasks():
+    model = FaceptorModel(tiny_config()).eval()
+    out = model(torch.randn(1, 3, 48, 80), tasks=["parsing_celebam", "affect_rafdb"])
+    assert list(out.task_outputs) == ["parsing_celebam", "affect_rafdb"]
+    assert out.task_outputs["parsing_celebam"].shape == (1, 19, 12, 20)
+
+
+def test_one_backward_pass_reaches_every_parameter_without_nan():
+    config = tiny_config(layer_embedding_scope="per_task", drop_path_rate=0.1)
+    model = FaceptorModel(config).train()
+    # With batch statistics the second BatchNorm cancels the first one's bias exactly; running ones don't.
+    model.identity_head.eval()
+    pixel_values = torch.randn(2, 3, 64, 64)
+    out = model(pixel_values)
+    outputs = [*out.task_outputs.values(), model.get_image_features(pixel_values)]
+    loss = sum((value * torch.randn_like(value)).mean() for value in outputs)
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    config = tiny_config()
+    model = FaceptorModel(config).train()
+    pixel_values = torch.randn(2, 3, 32, 32)
+
+    def gradients():
+        model.zero_grad()
+        out = model(pixel_values, tasks=["age_morph2", "align_300w"])
+        sum(value.sum() for value in out.task_outputs.values()).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.activation_checkpointing_enable()
+    assert model.encoder.layers[0].gradient_checkpointing
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_sdpa_and_eager_attention_agree():
+    config = tiny_config()
+    torch.manual_seed(0)
+    eager = FaceptorModel(tiny_config()).eval()
+    eager.set_attn_implementation("eager")
+    sdpa = FaceptorModel(config).eval()
+    sdpa.load_state_dict(eager.state_dict())
+    sdpa.set_attn_implementation("sdpa")
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = eager(pixel_values).task_outputs, sdpa(pixel_values).task_outputs
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-5)
+
+
+def test_layer_attention_can_be_switched_off_per_task():
+    tasks = [
+        {"name": "reads_all", "kind": "age", "num_queries": 5},
+        {"name": "reads_top", "kind": "age", "num_queries": 5, "use_layer_attention": False},
+    ]
+    model = FaceptorModel(tiny_config(tasks=tasks, decoder_feature_layers=[3, 1])).eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(pixel_values).task_outputs
+        model.decoder.input_projections[1].weight.add_(1.0)  # the projection of the lower level (layer 1)
+        after = model(pixel_values).task_outputs
+    torch.testing.assert_close(after["reads_top"], before["reads_top"], rtol=0, atol=0)
+    assert not torch.allclose(after["reads_all"], before["reads_all"])
+
+
+def test_per_task_layer_embeddings_belong_to_their_task_only():
+    model = FaceptorModel(tiny_config(layer_embedding_scope="per_task")).eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(pixel_values).task_outputs
+        # A shift shared by all levels cancels in the softmax; only differences between levels matter.
+        model.decoder.task_level_embeddings["affect_rafdb"].add_(torch.randn(2, 16))
+        after = model(pixel_values).task_outputs
+    torch.testing.assert_close(after["affect_affectnet"], before["affect_affectnet"], rtol=0, atol=0)
+    assert not torch.allclose(after["affect_rafdb"], before["affect_rafdb"])
+
+
+def test_unknown_task_and_bad_pixel_values_raise_value_errors():
+    model = FaceptorModel(tiny_config()).eval()
+    with pytest.raises(ValueError, match=r"no task \['age_imdb'\].*age_morph2"):
+        model(torch.randn(1, 3, 32, 32), tasks=["age_imdb"])
+    with pytest.raises(ValueError, match="No task requested"):
+        model(torch.randn(1, 3, 32, 32), tasks=[])
+    with pytest.raises(ValueError, match="multiple of the patch size 16"):
+        model(torch.randn(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="channels"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\(batch, channels, height, width\)"):
+        model(torch.randn(3, 32, 32))
+
+
+def test_add_task_adds_only_query_sized_parameters():
+    model = FaceptorModel(tiny_config(layer_embedding_scope="per_task")).eval()
+    before_names = {name: p.clone() for name, p in model.named_parameters()}
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        old_outputs = model(pixel_values).task_outputs
+    added = model.add_task({"name": "glasses", "kind": "classification", "labels": ["none", "reading", "sun"]})
+    width, levels = model.config.decoder_hidden_size, len(model.config.decoder_feature_layers)
+    assert added == 2 * 3 * width + levels * width
+    new_names = {name for name, _ in model.named_parameters()} - set(before_names)
+    assert new_names == {
+        "decoder.query_features.glasses", "decoder.query_position_embeddings.glasses",
+        "decoder.task_level_embeddings.glasses",
+    }  # fmt: skip
+    assert sum(p.numel() for name, p in model.named_parameters() if name in new_names) == added
+    with torch.no_grad():
+        new_outputs = model(pixel_values).task_outputs
+    assert new_outputs["glasses"].shape == (2, 3)
+    for name, value in old_outputs.items():
+        torch.testing.assert_close(new_outputs[name], value, rtol=0, atol=0)
+    assert model.config.task_specs["glasses"].labels == ["none", "reading", "sun"]
+    with pytest.raises(ValueError, match="already has a task named 'glasses'"):
+        model.add_task({"name": "glasses", "kind": "age", "num_queries": 3})
+
+
+def test_add_task_of_a_new_category_creates_its_shared_output_module_once():
+    config = tiny_config(tasks=[{"name": "age", "kind": "age", "num_queries": 7}])
+    model = FaceptorModel(config).eval()
+    assert not hasattr(model, "dense_head")
+    added = model.add_task({"name": "points", "kind": "landmarks", "num_queries": 5})
+    head_parameters = sum(p.numel() for p in model.dense_head.parameters()) + sum(
+        p.numel() for p in model.pixel_decoder.parameters()
+    )
+    assert added == 2 * 5 * 16 + head_parameters
+    assert model.add_task({"name": "more_points", "kind": "landmarks", "num_queries": 4}) == 2 * 4 * 16
+    assert model(torch.randn(1, 3, 32, 32)).task_outputs["points"].shape == (1, 5, 8, 8)
+
+
+def test_faceptor_base_counts_the_papers_103_2m_parameters():
+    with torch.device("meta"):
+        model = FaceptorModel(FaceptorConfig.from_preset("faceptor-base"))
+    count = {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_children()}
+    total = sum(count.values())
+    assert round(total / 1e6, 1) == 103.2
+    assert round(count["encoder"] / 1e6, 1) == 86.8
+    assert round(count["decoder"] / 1e6, 1) == 14.7
+    assert round(count["pixel_decoder"] / 1e6, 1) == 0.5
+    rest = count["dense_head"] + count["attribute_head"] + count["identity_head"]
+    assert round(rest / 1e6, 1) == 1.2
+
+
+def test_save_and_load_round_trip_is_bit_identical(tmp_path):
+    model = FaceptorModel(tiny_config(layer_embedding_scope="per_task")).eval()
+    with torch.no_grad():
+        # Running statistics that differ from the init, so a lost buffer would show.
+        model.identity_head.batch_norm1.running_mean.normal_()
+        model.identity_head.batch_norm2.running_var.uniform_(0.5, 2.0)
+    model.add_task({"name": "extra", "kind": "multilabel", "num_queries": 3})
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is FaceptorModel
+    assert loaded.config.task_names == model.config.task_names
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = model(pixel_values).task_outputs, loaded(pixel_values).task_outputs
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_remote_code_loads_in_a_fresh_process_without_the_package(tmp_path):
+    model = FaceptorModel(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["auto_map"] == {
+        "AutoConfig": "configuration_faceptor.FaceptorConfig",
+        "AutoModel": "modeling_faceptor.FaceptorModel",
+    }
+    assert (tmp_path / "model" / "modeling_faceptor.py").exists()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(pixel_values).task_outputs
+    torch.save({"pixel_values": pixel_values, "expected": expected}, tmp_path / "io.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        assert "faceptor" not in sys.modules, "the package was imported"
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        with torch.no_grad():
+            out = model(io["pixel_values"]).task_outputs
+        for name, value in io["expected"].items():
+            assert torch.equal(out[name], value), name
+        print("remote-code-ok", len(out))
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    # Run from an empty folder with no site path to our sources, so only the saved files can be used.
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote-code-ok 7" in result.stdout
