@@ -59,12 +59,57 @@ def command_summary(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {count / 1e6:>8.3f}M")
 
 
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
+
+
+def command_convert(args: argparse.Namespace) -> None:
+    from .conversion import CheckpointError, convert_farl, convert_official_checkpoint
+
+    try:
+        if args.source == "official":
+            report = convert_official_checkpoint(
+                args.checkpoint,
+                args.output_dir,
+                keep_loss_weights=args.keep_loss_weights,
+                encoder_heads=args.encoder_heads,
+                decoder_heads=args.decoder_heads,
+                new_feature_layers=args.new_feature_layers,
+            )
+        else:
+            overrides = {} if args.encoder_heads is None else {"num_attention_heads": args.encoder_heads}
+            report = convert_farl(args.checkpoint, args.output_dir, preset=args.preset, **overrides)
+    except CheckpointError as error:
+        raise CommandError(str(error)) from None
+    print(f"wrote {args.output_dir}")
+    print(report.summary())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faceptor", description="Faceptor: one model for every face task.")
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser("summary", help="parameter counts of a preset or a saved model")
     summary.add_argument("model", nargs="?", default="faceptor-base", help="preset name or model folder")
     summary.set_defaults(handler=command_summary)
+
+    convert = commands.add_parser("convert", help="convert official Faceptor or FaRL weights to a model folder")
+    sources = convert.add_subparsers(dest="source", required=True)
+    official = sources.add_parser("official", help="an official checkpoint (checkpoint_rank0_iter_*.pth.tar)")
+    official.add_argument("--keep-loss-weights", action="store_true", help="also save the loss module's weights")
+    official.add_argument("--decoder-heads", type=int, default=8, help="decoder attention heads (official: 8)")
+    official.add_argument(
+        "--new-feature-layers", type=_layer_list, help="stage-2 levels' encoder layers (official: 1,3,5,7,9)"
+    )
+    farl = sources.add_parser("farl", help="FaRL weights (.pth) or the same in Transformers CLIPModel layout")
+    farl.add_argument("--preset", default="faceptor-base", help="tasks and decoder of the new model")
+    for parser_ in (official, farl):
+        parser_.add_argument("checkpoint", help="checkpoint file (or CLIPModel folder)")
+        parser_.add_argument("output_dir", help="folder to write the model to")
+        parser_.add_argument("--encoder-heads", type=int, help="encoder attention heads (default: width / 64)")
+    convert.set_defaults(handler=command_convert)
     return parser
 
 
