@@ -88,6 +88,83 @@ def command_convert(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
+
+
+def expand_inputs(paths: Sequence[str]) -> list[str]:
+    """Files as given, folders expanded to their image files (sorted); missing paths are kept so that they
+    are reported as bad inputs, not skipped."""
+    expanded = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(root, name)
+                for root, _, names in os.walk(path)
+                for name in names
+                if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                raise CommandError(f"{path}: folder has no image files")
+            expanded += found
+        else:
+            expanded.append(path)
+    return expanded
+
+
+def load_pipeline(model: str, device: str | None):
+    from transformers import pipeline
+
+    if not os.path.isdir(model):
+        raise CommandError(f"{model}: no such model folder")
+    try:
+        return pipeline("face-perception", model=model, device=device)
+    except (OSError, ValueError, KeyError) as error:
+        raise CommandError(f"{model}: cannot load a Faceptor model ({str(error).splitlines()[0]})") from None
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm.auto import tqdm
+
+    from .processing.image_loading import load_image
+
+    images = expand_inputs(args.images)
+    face_pipeline = load_pipeline(args.model, args.device)
+    if args.tasks:
+        try:
+            face_pipeline.task_specs(args.tasks)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+    detector = None if args.no_detector else "auto"
+    output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    if args.visualize:
+        os.makedirs(args.visualize, exist_ok=True)
+    bad = 0
+    try:
+        with tqdm(total=len(images), unit="image", desc="faceptor", disable=args.quiet) as progress:
+            for start in range(0, len(images), args.batch_size):
+                chunk = images[start : start + args.batch_size]
+                results = face_pipeline(chunk, tasks=args.tasks, detector=detector, batch_size=args.batch_size)
+                for path, result in zip(chunk, results, strict=True):
+                    if "error" in result or "warning" in result:
+                        bad += 1
+                        message = result.get("error") or f"{path}: {result['warning']}"
+                        progress.write(f"faceptor: error: {message}", file=sys.stderr)
+                    if "error" not in result:
+                        output.write(json.dumps(result) + "\n")
+                        if args.visualize:
+                            from .processing.visualization import draw_result
+
+                            stem = os.path.splitext(os.path.basename(path))[0]
+                            draw_result(load_image(path), result).save(os.path.join(args.visualize, f"{stem}.jpg"))
+                progress.update(len(chunk))
+    finally:
+        if output is not sys.stdout:
+            output.close()
+    return 1 if bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faceptor", description="Faceptor: one model for every face task.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,17 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("output_dir", help="folder to write the model to")
         parser_.add_argument("--encoder-heads", type=int, help="encoder attention heads (default: width / 64)")
     convert.set_defaults(handler=command_convert)
+
+    predict = commands.add_parser("predict", help="run every task on images; JSON lines out")
+    predict.add_argument("images", nargs="+", help="image files or folders")
+    predict.add_argument("--model", required=True, help="Faceptor model folder")
+    predict.add_argument("--tasks", nargs="+", help="task names (default: all the model's tasks)")
+    predict.add_argument("--output", help="write JSON lines here instead of standard output")
+    predict.add_argument("--visualize", metavar="OUT_DIR", help="write a picture of each result here")
+    predict.add_argument("--no-detector", action="store_true", help="take each image as one face crop")
+    predict.add_argument("--batch-size", type=int, default=8, help="images (and faces) per batch")
+    predict.add_argument("--device", help="torch device, e.g. cuda:0 (default: CPU)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(handler=command_predict)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        return args.handler(args) or 0
     except CommandError as error:
         print(f"faceptor: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+"""Loading user images robustly: paths, PIL images and arrays in any common mode, with typed errors."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MIN_IMAGE_SIDE = 16  # below this no face can be told apart
+
+
+class ImageLoadError(ValueError):
+    """An input that cannot be used as a face image; the message names the input and the reason."""
+
+
+def describe_source(source: object) -> str:
+    """A short name for an input, for messages and results."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, Image.Image):
+        return f"PIL image {source.size[0]}x{source.size[1]} {source.mode}"
+    if isinstance(source, np.ndarray):
+        return f"array {tuple(source.shape)} {source.dtype}"
+    return type(source).__name__
+
+
+def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    """Brings integer images of any depth and float images in [0, 1] or [0, 255] to uint8."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.integer):
+        top = 65535 if array.max(initial=0) > 255 else 255
+        return np.clip(array.astype(np.float64) * (255.0 / top), 0, 255).round().astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageLoadError(f"{name}: the image has NaN or infinite values")
+        scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
+        return np.clip(array * scale, 0, 255).round().astype(np.uint8)
+    raise ImageLoadError(f"{name}: unsupported pixel type {array.dtype}")
+
+
+def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels first -> last
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ImageLoadError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {array.shape}")
+    array = _to_uint8(array, name)
+    if array.shape[-1] == 4:
+        alpha = array[..., 3:].astype(np.float32) / 255.0
+        array = (array[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)  # over white
+    return np.ascontiguousarray(array)
+
+
+def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
+    image = ImageOps.exif_transpose(image)  # respect the camera's orientation tag
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _array_to_rgb(np.asarray(image), name)  # high bit depth: scale, don't clip
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        return _array_to_rgb(np.asarray(image.convert("RGBA")), name)
+    return np.asarray(image.convert("RGB")).copy()
+
+
+def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
+    """Any supported input -> an (H, W, 3) uint8 RGB array.
+
+    Paths are opened with EXIF rotation applied; grayscale, RGBA, CMYK, palette and 16-bit images are
+    converted; decompression bombs (more pixels than `PIL.Image.MAX_IMAGE_PIXELS`), truncated and
+    non-image files raise [`ImageLoadError`] naming the input.
+    """
+    name = describe_source(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise ImageLoadError(f"{name}: no such file")
+        if path.is_dir():
+            raise ImageLoadError(f"{name}: is a folder, not an image")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"{name}: empty file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    image.load()
+                    array = _pil_to_rgb(image, name)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ImageLoadError(f"{name}: refused, too many pixels (possible decompression bomb): {error}") from None
+        except UnidentifiedImageError:
+            raise ImageLoadError(f"{name}: not an image file (or a format Pillow cannot read)") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageLoadError(f"{name}: cannot decode, truncated or corrupt ({error})") from None
+    elif isinstance(source, Image.Image):
+        array = _pil_to_rgb(source, name)
+    elif isinstance(source, np.ndarray):
+        array = _array_to_rgb(source, name)
+    else:
+        raise ImageLoadError(f"{name}: expected a path, a PIL image or a numpy array")
+    height, width = array.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise ImageLoadError(f"{name}: {width}x{height} is too small to hold a face (minimum {MIN_IMAGE_SIDE} px)")
+    return array
