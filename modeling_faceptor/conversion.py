@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .configuration_faceptor import FaceptorConfig
+from .processing.image_processing_faceptor import FaceptorImageProcessor
 from .task_presets import OFFICIAL_TASKS
 
 # Task-name prefixes of the official code and the kind each stands for.
@@ -504,6 +505,7 @@ def convert_official_checkpoint(
     model = _build_model(config, ours)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
+    FaceptorImageProcessor().save_pretrained(output_dir)
     if losses:
         save_file({key: value.contiguous() for key, value in losses.items()}, output_dir / "training_state.safetensors")
     return report
@@ -599,4 +601,5 @@ def convert_farl(
             f"FaRL weights do not fit the encoder: missing {missing_encoder[:10]}, unexpected {unexpected[:10]}"
         )
     model.save_pretrained(output_dir)
+    FaceptorImageProcessor().save_pretrained(output_dir)
     return ConversionReport(config=config, dropped=dropped)

@@ -116,6 +116,8 @@ class FacePerceptionPipeline(Pipeline):
         array = load_image(image)
         height, width = array.shape[:2]
         if boxes is not None:
+            if len(boxes) and all(isinstance(value, (int, float)) for value in boxes):
+                boxes = [boxes]  # one flat [x0, y0, x1, y1] box
             faces, box_source = [([float(v) for v in box], None) for box in boxes], "given"
         else:
             found, box_source = self.resolve_detector(self.default_detector if detector == "unset" else detector)

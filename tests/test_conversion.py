@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoModel, CLIPConfig, CLIPModel
+from transformers import AutoImageProcessor, AutoModel, CLIPConfig, CLIPModel
 
 from conftest import TINY, tiny_config
-from faceptor import FaceptorConfig, FaceptorModel
+from faceptor import FaceptorConfig, FaceptorImageProcessor, FaceptorModel
 from faceptor.conversion import (
     CheckpointError,
     KeyMapper,
@@ -46,6 +46,7 @@ def test_converted_checkpoint_reproduces_the_official_outputs(stage, golden, tmp
         FIXTURES / f"faceptor_{stage}.pth.tar", tmp_path, keep_loss_weights=True, **FIXTURE_HEADS
     )
     model = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is FaceptorImageProcessor
     assert model.config.decoder_feature_layers == ([11] if stage == "stage1" else [11, 1, 3, 5, 7, 9])
     assert len(model.config.tasks) == 13 and model.config.task_names[0] == "recog_ms1mv3"
     assert model.config.task_specs["affect_rafdb"].labels[0] == "neutral"
