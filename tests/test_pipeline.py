@@ -204,7 +204,8 @@ import json, sys, numpy as np
 from transformers import pipeline
 face = pipeline(model={str(tmp_path / "saved")!r}, trust_remote_code=True)
 assert "faceptor" not in sys.modules, "the package was imported"
-result = face(np.load({str(tmp_path / "astronaut.npy")!r}), boxes={ASTRONAUT_FACE!r}, tasks=["age_morph2", "align_300w"])
+image = np.load({str(tmp_path / "astronaut.npy")!r})
+result = face(image, boxes={ASTRONAUT_FACE!r}, tasks=["age_morph2", "align_300w"])
 assert result == json.load(open({str(tmp_path / "expected.json")!r})), result
 print("pipeline-remote-ok")
 """
