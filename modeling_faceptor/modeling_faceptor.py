@@ -4,7 +4,7 @@ Layer-Attention, a pixel decoder, and output modules shared per task category.""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -569,6 +569,60 @@ class FaceptorModel(FaceptorPreTrainedModel):
         )
         return added
 
+    def task_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """The parameters that belong to task `name` alone (its query set), under their model names."""
+        if name not in self.task_specs:
+            raise ValueError(f"The model has no task {name!r}; its tasks are {self.config.task_names}.")
+        containers = ("query_features", "query_position_embeddings", "task_level_embeddings")
+        return {
+            f"decoder.{container}.{name}": getattr(self.decoder, container)[name].detach()
+            for container in containers
+            if hasattr(self.decoder, container) and name in getattr(self.decoder, container)
+        }
+
+    def add_decoder_levels(self, layers: Sequence[int], copy_top_projection: bool = False) -> int:
+        """Opens more encoder layers to Layer-Attention (stage 2 of the paper's training, Fig. 3): each gets a
+        1x1 input projection (Caffe2-Xavier init, or a copy of the top layer's with `copy_top_projection`)
+        and a layer-aware embedding row (N(0, 1)), shared or per task as the config says. Returns the number
+        of parameters added."""
+        layers = [int(layer) for layer in layers]
+        current = self.config.decoder_feature_layers
+        clash = [layer for layer in layers if layer in current]
+        if clash or len(set(layers)) != len(layers):
+            raise ValueError(f"Layers {clash or layers} are already read by the decoder or repeated.")
+        if any(not 0 <= layer < self.config.num_hidden_layers for layer in layers):
+            raise ValueError(f"Layers {layers} must lie in 0..{self.config.num_hidden_layers - 1}.")
+        reference = self.decoder.input_projections[current.index(self.config.top_layer)]
+        added = 0
+        for _ in layers:
+            projection = tag_init_scheme(
+                nn.Linear(self.config.hidden_size, self.config.decoder_hidden_size), "caffe2_xavier"
+            )
+            projection.to(device=reference.weight.device, dtype=reference.weight.dtype)
+            with torch.no_grad():
+                if copy_top_projection:
+                    projection.load_state_dict(reference.state_dict())
+                else:
+                    nn.init.kaiming_uniform_(projection.weight, a=1)
+                    nn.init.zeros_(projection.bias)
+            self.decoder.input_projections.append(projection)
+            added += sum(p.numel() for p in projection.parameters())
+
+        def grown(parameter: torch.Tensor) -> nn.Parameter:
+            rows = torch.randn(len(layers), parameter.shape[1], device=parameter.device, dtype=parameter.dtype)
+            return nn.Parameter(torch.cat([parameter.detach(), rows], dim=0))
+
+        if self.config.layer_embedding_scope == "shared":
+            self.decoder.level_embeddings = grown(self.decoder.level_embeddings)
+            added += len(layers) * self.config.decoder_hidden_size
+        else:
+            for name in list(self.decoder.task_level_embeddings):
+                self.decoder.task_level_embeddings[name] = grown(self.decoder.task_level_embeddings[name])
+                added += len(layers) * self.config.decoder_hidden_size
+        self.config.decoder_feature_layers = [*current, *layers]
+        self.decoder.feature_layers = list(self.config.decoder_feature_layers)
+        return added
+
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
             shape = getattr(pixel_values, "shape", type(pixel_values).__name__)
@@ -584,6 +638,7 @@ class FaceptorModel(FaceptorPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         tasks: str | Sequence[str] | None = None,
+        task_samples: Mapping[str, slice] | None = None,
         output_hidden_states: bool = False,
         return_dict: bool | None = None,
     ) -> FaceptorOutput | tuple:
@@ -592,6 +647,9 @@ class FaceptorModel(FaceptorPreTrainedModel):
             Normalised face crops; height and width multiples of the patch size.
         tasks (`str` or `list[str]`, *optional*):
             Tasks to decode (all the model's tasks by default).
+        task_samples (`dict[str, slice]`, *optional*):
+            The batch rows each task decodes (all rows by default). Multi-task training puts several tasks'
+            samples of one input size in one batch, so the encoder runs once and each task reads its own rows.
         output_hidden_states (`bool`, *optional*):
             Also return every encoder layer's output.
         """
@@ -618,14 +676,17 @@ class FaceptorModel(FaceptorPreTrainedModel):
             pixel_embeddings = self.pixel_decoder(top)
 
         task_outputs, decoder_tokens = {}, {}
+        task_samples = task_samples or {}
         for spec in specs:
+            rows = task_samples.get(spec.name, slice(None))
             if spec.category == "identity":
-                task_outputs[spec.name] = self.identity_head(patch_features[self.config.top_layer])
+                task_outputs[spec.name] = self.identity_head(patch_features[self.config.top_layer][rows])
                 continue
-            tokens = self.decoder(spec, projected, anchor_position)
+            own_levels = {level: features[rows] for level, features in projected.items()}
+            tokens = self.decoder(spec, own_levels, anchor_position)
             decoder_tokens[spec.name] = tokens
             if spec.category == "dense":
-                task_outputs[spec.name] = self.dense_head(tokens, pixel_embeddings)
+                task_outputs[spec.name] = self.dense_head(tokens, pixel_embeddings[rows])
             else:
                 task_outputs[spec.name] = self.attribute_head(tokens)
 

@@ -238,3 +238,19 @@ def test_remote_code_loads_in_a_fresh_process_without_the_package(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote-code-ok 7" in result.stdout
+
+
+def test_task_samples_decode_each_task_on_its_own_rows():
+    model = FaceptorModel(tiny_config()).eval()
+    pixel_values = torch.randn(5, 3, 32, 32)
+    tasks = ["age_morph2", "affect_rafdb", "recog_ms1mv3"]
+    with torch.no_grad():
+        full = model(pixel_values, tasks=tasks).task_outputs
+        split = model(
+            pixel_values,
+            tasks=tasks,
+            task_samples={"age_morph2": slice(0, 2), "affect_rafdb": slice(2, 5), "recog_ms1mv3": slice(1, 4)},
+        ).task_outputs
+    torch.testing.assert_close(split["age_morph2"], full["age_morph2"][0:2])
+    torch.testing.assert_close(split["affect_rafdb"], full["affect_rafdb"][2:5])
+    torch.testing.assert_close(split["recog_ms1mv3"], full["recog_ms1mv3"][1:4])

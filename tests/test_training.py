@@ -1,0 +1,194 @@
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from faceptor import FaceptorModel
+from faceptor.train.config import TrainingConfigError, load_training_config, parse_training_config
+from faceptor.train.multitask_data import MultiTaskStepDataset, TaskStream
+from faceptor.train.run import build_trainer, check_sample, main
+from faceptor.train.synthetic import SyntheticTaskDataset
+
+TINY_CONFIG = Path(__file__).parents[1] / "train" / "configs" / "tiny_synthetic.yaml"
+
+
+def tiny_raw(**training) -> dict:
+    raw = yaml.safe_load(TINY_CONFIG.read_text())
+    raw["training"].update({"logging_steps": 1, "save_steps": 1000, **training})
+    return raw
+
+
+def train(raw: dict, output_dir: Path):
+    trainer = build_trainer(parse_training_config(copy.deepcopy(raw), "test"), str(output_dir))
+    trainer.train()
+    return trainer
+
+
+def model_state(trainer) -> dict[str, torch.Tensor]:
+    module = trainer.accelerator.unwrap_model(trainer.model)
+    return {name: value.detach().clone() for name, value in module.model.state_dict().items()}
+
+
+def changed_parameters(before: dict, after: dict) -> set[str]:
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+def test_steps_mix_every_task_and_shard_over_ranks():
+    spec = {"name": "a", "kind": "classification", "num_queries": 3, "input_size": 16}
+    dataset = SyntheticTaskDataset(spec, num_samples=5)
+    whole = MultiTaskStepDataset([TaskStream("a", dataset, 4)], seed=1)
+    ranks = [MultiTaskStepDataset([TaskStream("a", dataset, 4)], seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for step in range(4):
+        indices = whole.indices(0, step)
+        assert len(indices) == 4
+        assert sorted(ranks[0].indices(0, step) + ranks[1].indices(0, step)) == sorted(indices)
+    # Every pass over the 5 samples is a permutation of all of them.
+    stream = [index for step in range(5) for index in whole.indices(0, step)]
+    assert sorted(stream[:5]) == list(range(5)) and sorted(stream[5:10]) == list(range(5))
+    batch = next(iter(whole))["task_batches"]["a"]
+    assert batch["pixel_values"].shape == (4, 3, 16, 16) and batch["labels"].shape == (4,)
+    with pytest.raises(ValueError, match="does not split over 3"):
+        MultiTaskStepDataset([TaskStream("a", dataset, 4)], world_size=3)
+
+
+def test_a_few_dozen_steps_drive_the_loss_down(tmp_path):
+    trainer = train(tiny_raw(max_steps=30), tmp_path)
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    first, last = history[0]["loss"], sum(entry["loss"] for entry in history[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    assert {key for key in history[-1] if key.startswith("loss/")} == {
+        f"loss/{name}" for name in yaml.safe_load(TINY_CONFIG.read_text())["tasks"]
+    }
+
+
+def test_two_learning_rates_and_no_decay_on_queries(tmp_path):
+    trainer = build_trainer(parse_training_config(tiny_raw(max_steps=1), "test"), str(tmp_path))
+    optimizer = trainer.create_optimizer()
+    module = trainer.model
+    names = {id(p): name for name, p in module.named_parameters()}
+    for group in optimizer.param_groups:
+        group_names = [names[id(p)] for p in group["params"]]
+        encoder = group_names[0].startswith("model.encoder.")
+        assert all(name.startswith("model.encoder.") == encoder for name in group_names)
+        assert group["lr"] == pytest.approx(1e-3 if encoder else 1e-2)
+        if any("query_" in name for name in group_names):
+            assert group["weight_decay"] == 0.0
+    trained = {name for group in optimizer.param_groups for name in (names[id(p)] for p in group["params"])}
+    assert "losses_module.losses.recog_ms1mv3.classifier" in trained
+    assert not any(name.startswith("model.encoder.projection") for name in trained)
+
+
+def stage_one_model(tmp_path) -> Path:
+    trainer = train(tiny_raw(max_steps=2), tmp_path / "stage1")
+    trainer.save_model(str(tmp_path / "stage1"))
+    return tmp_path / "stage1"
+
+
+@pytest.mark.parametrize("mode", ["layer_attention", "layer_attention_official"])
+def test_stage_two_trains_only_what_it_should(mode, tmp_path):
+    pretrained = stage_one_model(tmp_path)
+    raw = tiny_raw(max_steps=3)
+    raw["model"] = {"pretrained": str(pretrained)}
+    raw["stage"] = {"mode": mode, "open_layers": [1, 2]}
+    trainer = build_trainer(parse_training_config(raw, "test"), str(tmp_path / "stage2"))
+    before = model_state(trainer)
+    assert before["decoder.level_embeddings"].shape[0] == 3  # layer 3 (top) + the opened 1 and 2
+    trainer.train()
+    after = model_state(trainer)
+    changed = changed_parameters(before, after)
+    if mode == "layer_attention":
+        assert changed == {"decoder.level_embeddings"}
+    else:
+        queries = {name for name in before if name.startswith("decoder.query_")}
+        assert changed == queries | {"decoder.level_embeddings"} | {
+            f"decoder.input_projections.{level}.{part}" for level in (1, 2) for part in ("weight", "bias")
+        }
+        # The official stage 2 trains only the opened levels' rows; the stage-1 level's row stays.
+        torch.testing.assert_close(
+            after["decoder.level_embeddings"][0], before["decoder.level_embeddings"][0], rtol=0, atol=0
+        )
+    assert not torch.equal(after["decoder.level_embeddings"][1:], before["decoder.level_embeddings"][1:])
+
+
+def test_prompt_tuning_changes_only_the_new_tasks_queries(tmp_path):
+    pretrained = stage_one_model(tmp_path)
+    raw = tiny_raw(max_steps=3)
+    glasses = {"name": "glasses", "kind": "classification", "labels": ["none", "reading", "sun"], "input_size": 32}
+    raw["model"] = {"pretrained": str(pretrained), "add_tasks": [glasses]}
+    raw["stage"] = {"mode": "prompt", "prompt_tasks": ["glasses"]}
+    raw["tasks"] = {"glasses": {"samples_per_step": 4, "weight": 1.0, "data": {"synthetic": {"num_samples": 4}}}}
+    trainer = build_trainer(parse_training_config(raw, "test"), str(tmp_path / "prompt"))
+    before = model_state(trainer)
+    trainer.train()
+    assert changed_parameters(before, model_state(trainer)) == {
+        "decoder.query_features.glasses", "decoder.query_position_embeddings.glasses"
+    }  # fmt: skip
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    raw = tiny_raw(max_steps=8, save_steps=4)
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(config_path), "--output_dir", str(tmp_path / "straight")]) == 0
+    assert main(["--config", str(config_path), "--output_dir", str(tmp_path / "resumed")]) == 0
+    # Interrupt the second run after step 4: drop what came later, then resume.
+    import shutil
+
+    shutil.rmtree(tmp_path / "resumed" / "checkpoint-8")
+    (tmp_path / "resumed" / "model.safetensors").unlink()
+    assert main(["--config", str(config_path), "--output_dir", str(tmp_path / "resumed"), "--resume"]) == 0
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
+    assert (tmp_path / "straight" / "task_losses.png").stat().st_size > 10_000
+    assert sorted(os.listdir(tmp_path / "straight" / "task_query_sets"))[0] == "affect_rafdb.safetensors"
+    assert type(AutoModel.from_pretrained(tmp_path / "straight")) is FaceptorModel
+
+
+def test_config_errors_are_named_before_training(tmp_path):
+    raw = tiny_raw()
+    raw["tasks"]["age_imdb"] = raw["tasks"].pop("age_morph2")
+    with pytest.raises(TrainingConfigError, match=r"no task \['age_imdb'\]"):
+        build_trainer(parse_training_config(raw, "cfg"), str(tmp_path))
+    raw = tiny_raw()
+    raw["tasks"]["age_morph2"]["samples_per_step"] = 0
+    with pytest.raises(TrainingConfigError, match="task 'age_morph2'.*samples_per_step"):
+        parse_training_config(raw, "cfg")
+    raw = tiny_raw()
+    raw["tasks"]["age_morph2"]["data"] = {"reader": "age_morph2", "root": str(tmp_path / "MORPH2"), "split": "train"}
+    with pytest.raises(TrainingConfigError, match="MORPH2: no such folder"):
+        parse_training_config(raw, "cfg")
+    with pytest.raises(TrainingConfigError, match="no such config file"):
+        load_training_config(tmp_path / "missing.yaml")
+    raw = tiny_raw()
+    raw["model"] = {"pretrained": str(tmp_path / "nowhere")}
+    with pytest.raises(TrainingConfigError, match="nowhere: no such folder"):
+        parse_training_config(raw, "cfg")
+    spec = {"name": "points", "kind": "landmarks", "num_queries": 5, "input_size": 32}
+    bad = {"pixel_values": torch.zeros(3, 32, 32), "labels": torch.zeros(4, 2)}
+    with pytest.raises(TrainingConfigError, match=r"labels of shape \(4, 2\), a landmarks task needs \(5, 2\)"):
+        check_sample(spec, bad, None, "task 'points'")
+
+
+def test_two_processes_with_accelerate_agree_and_save_a_loadable_model(tmp_path):
+    raw = tiny_raw(max_steps=4, save_steps=1000)
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "faceptor.train", "--config", str(config_path), "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    checksums = json.loads((tmp_path / "run" / "replica_checksums.json").read_text())
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert type(AutoModel.from_pretrained(tmp_path / "run")) is FaceptorModel

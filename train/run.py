@@ -1,0 +1,234 @@
+"""`faceptor train --config CFG`: builds the model, data and FaceptorTrainer from a YAML config and trains,
+as one process or under `accelerate launch`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import torch
+from safetensors.torch import load_file
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..configuration_faceptor import FaceptorConfig
+from ..modeling_faceptor import FaceptorModel
+from ..processing.image_processing_faceptor import FaceptorImageProcessor
+from .config import TrainingConfig, TrainingConfigError, load_training_config
+from .losses import FaceptorLoss
+from .multitask_data import TaskStream
+from .stages import freeze_for_mode
+from .synthetic import SyntheticTaskDataset
+from .trainer import LOSS_STATE_PREFIX, TRAINING_STATE_FILE, FaceptorTrainer, FaceptorTrainingModule
+
+
+def build_model(config: TrainingConfig) -> FaceptorModel:
+    settings = config.model
+    if "pretrained" in settings:
+        model = FaceptorModel.from_pretrained(settings["pretrained"])
+    else:
+        try:
+            model_config = FaceptorConfig.from_preset(settings["preset"], **settings.get("config", {}))
+        except (TypeError, ValueError) as error:
+            raise TrainingConfigError(f"{config.source}: model: {error}") from None
+        model = FaceptorModel(model_config)
+        if "farl" in settings:
+            from ..conversion import convert_farl_state_dict, load_checkpoint_file
+
+            checkpoint = load_checkpoint_file(settings["farl"])
+            encoder, _ = convert_farl_state_dict(checkpoint.get("state_dict", checkpoint), model_config)
+            missing = [
+                key for key in model.load_state_dict(encoder, strict=False).missing_keys if key.startswith("encoder.")
+            ]
+            if missing:
+                raise TrainingConfigError(f"{settings['farl']}: FaRL weights miss encoder keys {missing[:5]}")
+    for spec in settings.get("add_tasks", []):
+        try:
+            model.add_task(spec)
+        except ValueError as error:
+            raise TrainingConfigError(f"{config.source}: model.add_tasks: {error}") from None
+    if config.open_layers:
+        model.add_decoder_levels(config.open_layers, copy_top_projection=config.copy_top_projection)
+    return model
+
+
+def check_sample(spec: dict, sample: dict, num_identities: int | None, where: str) -> None:
+    """The first sample of a task's dataset has the label shape and range the task's loss needs."""
+    if not isinstance(sample, dict) or "pixel_values" not in sample or "labels" not in sample:
+        raise TrainingConfigError(f"{where}: samples must be dicts with 'pixel_values' and 'labels'")
+    pixels, labels = sample["pixel_values"], torch.as_tensor(sample["labels"])
+    size = spec["input_size"]
+    if tuple(pixels.shape) != (3, size, size):
+        raise TrainingConfigError(f"{where}: pixel_values of shape {tuple(pixels.shape)}, expected (3, {size}, {size})")
+    kind, queries = spec["kind"], spec["num_queries"]
+    expected = {"landmarks": (queries, 2), "parsing": (size, size), "multilabel": (queries,)}.get(kind, ())
+    if tuple(labels.shape) != expected:
+        raise TrainingConfigError(f"{where}: labels of shape {tuple(labels.shape)}, a {kind} task needs {expected}")
+    limit = {"classification": queries, "parsing": queries, "embedding": num_identities}.get(kind)
+    if limit is not None and (labels.min() < 0 or labels.max() >= limit):
+        raise TrainingConfigError(f"{where}: labels outside 0..{limit - 1}")
+
+
+def build_dataset(config: TrainingConfig, task, spec: dict):
+    where = f"{config.source}: task {task.name!r}"
+    data = task.data
+    if "synthetic" in data:
+        options = dict(data["synthetic"] or {})
+        options.setdefault("num_identities", task.num_identities or 4)
+        dataset = SyntheticTaskDataset(spec, seed=config.training_arguments["seed"], **options)
+    else:
+        from .datasets import build_task_dataset
+
+        dataset = build_task_dataset(spec, data["reader"], data["root"], data["split"], train=True)
+    if len(dataset) == 0:
+        raise TrainingConfigError(f"{where}: the dataset is empty")
+    check_sample(spec, dataset[0], task.num_identities or data.get("synthetic", {}).get("num_identities", 4), where)
+    return dataset
+
+
+def freeze_untrained(model: FaceptorModel, trained: Sequence[dict]) -> None:
+    """Parameters no trained task reaches get no gradient, so DDP need not look for unused ones."""
+    kinds = {spec["category"] for spec in trained}
+    names = {spec["name"] for spec in trained}
+    unreached = []
+    if "identity" not in kinds:
+        unreached.append("identity_head.")
+    if "attribute" not in kinds:
+        unreached.append("attribute_head.")
+    if "dense" not in kinds:
+        unreached += ["pixel_decoder.", "dense_head."]
+    if kinds <= {"identity"}:
+        unreached.append("decoder.")
+    for name, parameter in model.named_parameters():
+        task = name.split(".")[2] if name.startswith(("decoder.query_", "decoder.task_level_")) else None
+        if name.startswith(tuple(unreached)) or (task is not None and task not in names):
+            parameter.requires_grad_(False)
+
+
+def build_trainer(config: TrainingConfig, output_dir: str) -> FaceptorTrainer:
+    set_seed(config.training_arguments["seed"])  # the fresh weights too must not depend on the run
+    model = build_model(config)
+    specs = model.config.task_specs
+    missing = [task.name for task in config.tasks if task.name not in specs]
+    if missing:
+        raise TrainingConfigError(f"{config.source}: the model has no task {missing}; its tasks are {list(specs)}")
+    trained = [specs[task.name].to_dict() for task in config.tasks]
+    try:
+        freeze_for_mode(model, config.mode, config.prompt_tasks or None, new_levels=len(config.open_layers))
+    except ValueError as error:
+        raise TrainingConfigError(f"{config.source}: stage: {error}") from None
+    freeze_untrained(model, trained)
+    streams = [
+        TaskStream(task.name, build_dataset(config, task, spec), task.samples_per_step)
+        for task, spec in zip(config.tasks, trained, strict=True)
+    ]
+    identity_classes = {}
+    for task, spec in zip(config.tasks, trained, strict=True):
+        if spec["kind"] == "embedding":
+            identity_classes[task.name] = task.num_identities or task.data.get("synthetic", {}).get("num_identities", 4)
+    losses = FaceptorLoss(
+        {spec["name"]: spec for spec in trained},
+        {task.name: task.weight for task in config.tasks},
+        identity_classes,
+        model.config.identity_embedding_size,
+    )
+    state_file = os.path.join(config.model.get("pretrained", ""), TRAINING_STATE_FILE)
+    if "pretrained" in config.model and os.path.exists(state_file):
+        state = {key.removeprefix(LOSS_STATE_PREFIX): value for key, value in load_file(state_file).items()}
+        current = losses.state_dict()
+        losses.load_state_dict(
+            {k: v for k, v in state.items() if k in current and v.shape == current[k].shape}, strict=False
+        )
+    arguments = TrainingArguments(
+        output_dir=output_dir,
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        per_device_train_batch_size=1,  # steps are whole multi-task batches; n_t lives in the task settings
+        **{"max_steps": 1000, **config.training_arguments},
+    )
+    return FaceptorTrainer(
+        model=FaceptorTrainingModule(model, losses),
+        args=arguments,
+        task_streams=streams,
+        head_lr_multiplier=config.head_lr_multiplier,
+        processing_class=FaceptorImageProcessor(),
+    )
+
+
+def plot_task_losses(history: list[dict], path: str) -> None:
+    """One curve per task loss (and the total) against the step, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [entry for entry in history if "loss" in entry]
+    if not entries:
+        return
+    names = sorted({key for entry in entries for key in entry if key.startswith("loss/")})
+    figure, axes = plt.subplots(figsize=(8, 5))
+    steps = [entry["step"] for entry in entries]
+    axes.plot(steps, [entry["loss"] for entry in entries], label="total (Eq. 8)", color="black", linewidth=2)
+    for name in names:
+        axes.plot(steps, [entry.get(name) for entry in entries], label=name.removeprefix("loss/"))
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_yscale("log")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def replica_checksums(trainer: FaceptorTrainer) -> list[str]:
+    """A checksum of the model weights from every process (one entry when not distributed)."""
+    module = trainer.accelerator.unwrap_model(trainer.model)
+    total = torch.zeros(2, dtype=torch.float64, device=trainer.args.device)
+    for parameter in module.parameters():
+        values = parameter.detach().double()
+        total[0] += values.sum()
+        total[1] += (values * values).sum()
+    gathered = trainer.accelerator.gather(total[None]).cpu().tolist()
+    return [f"{first:.12e}/{second:.12e}" for first, second in gathered]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="faceptor train", description="Multi-task training of Faceptor.")
+    parser.add_argument("--config", required=True, help="YAML training config")
+    parser.add_argument("--output_dir", "--output-dir", default=None, help="checkpoints and the final model")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    args = parser.parse_args(argv)
+    try:
+        config = load_training_config(args.config)
+        output_dir = args.output_dir or os.path.join("outputs", os.path.splitext(os.path.basename(args.config))[0])
+        resume = None
+        if args.resume:
+            resume = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+            if resume is None:
+                raise TrainingConfigError(f"{output_dir}: no checkpoint to resume from")
+        trainer = build_trainer(config, output_dir)
+    except TrainingConfigError as error:
+        print(f"faceptor train: error: {error}", file=sys.stderr)
+        return 2
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(output_dir)
+    checksums = replica_checksums(trainer)
+    if trainer.is_world_process_zero() and len(checksums) > 1:
+        # Every rank must hold the same weights after training; a mismatch means broken synchronisation.
+        with open(os.path.join(output_dir, "replica_checksums.json"), "w") as handle:
+            json.dump(checksums, handle)
+        if len(set(checksums)) != 1:
+            print(
+                f"faceptor train: error: the {len(checksums)} processes ended with different weights", file=sys.stderr
+            )
+            return 1
+    if trainer.is_world_process_zero():
+        plot_task_losses(trainer.state.log_history, os.path.join(output_dir, "task_losses.png"))
+        with open(os.path.join(output_dir, "log_history.json"), "w") as handle:
+            json.dump(trainer.state.log_history, handle, indent=1)
+    return 0
