@@ -199,10 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", help="torch device, e.g. cuda:0 (default: CPU)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=command_predict)
+
+    # `faceptor train ...` is handed whole to faceptor.train.run (see main); listed here for --help.
+    commands.add_parser("train", help="multi-task training from a YAML config: faceptor train --config CFG")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        from .train.run import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0

@@ -192,3 +192,35 @@ def test_two_processes_with_accelerate_agree_and_save_a_loadable_model(tmp_path)
     checksums = json.loads((tmp_path / "run" / "replica_checksums.json").read_text())
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert type(AutoModel.from_pretrained(tmp_path / "run")) is FaceptorModel
+
+
+TABLE_2 = {  # paper Table 2: (n_t, alpha_t) for Faceptor-Base and Faceptor-Full
+    "base": {"align_300w": (4, 1000.0), "parsing_celebam": (4, 100.0), "age_morph2": (64, 6.0),
+             "affect_affectnet": (64, 4.0), "affect_rafdb": (16, 1.0), "biattr_celeba": (64, 2.0),
+             "recog_ms1mv3": (256, 5.0)},
+    "full": {"align_300w": (4, 250.0), "align_wflw": (4, 250.0), "align_cofw": (4, 250.0), "align_aflw": (4, 250.0),
+             "parsing_celebam": (4, 100.0), "parsing_lapa": (4, 100.0), "age_morph2": (64, 4.0),
+             "age_utkface": (16, 1.0), "affect_affectnet": (64, 6.66), "affect_rafdb": (16, 1.67),
+             "affect_ferplus": (16, 1.67), "biattr_celeba": (64, 2.0), "recog_ms1mv3": (256, 5.0)},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["base", "full"])
+def test_shipped_paper_configs_carry_table_2(variant):
+    config = load_training_config(TINY_CONFIG.parent / f"faceptor_{variant}_stage1.yaml", check_paths=False)
+    assert {task.name: (task.samples_per_step, task.weight) for task in config.tasks} == TABLE_2[variant]
+    arguments = config.training_arguments
+    assert (arguments["max_steps"], arguments["warmup_steps"], arguments["learning_rate"]) == (50000, 2000, 5e-5)
+    assert (arguments["weight_decay"], arguments["lr_scheduler_type"], config.head_lr_multiplier) == (
+        0.05,
+        "cosine",
+        10,
+    )
+
+
+def test_every_shipped_config_parses():
+    for path in sorted(TINY_CONFIG.parent.glob("*.yaml")):
+        config = load_training_config(path, check_paths=False)
+        assert config.tasks, path
+    stage_two = load_training_config(TINY_CONFIG.parent / "faceptor_base_stage2.yaml", check_paths=False)
+    assert stage_two.mode == "layer_attention" and stage_two.open_layers == [1, 3, 5, 7, 9]

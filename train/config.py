@@ -66,17 +66,18 @@ def _require(condition: bool, source: str, message: str) -> None:
         raise TrainingConfigError(f"{source}: {message}")
 
 
-def parse_training_config(raw: dict[str, Any], source: str = "<dict>") -> TrainingConfig:
-    """Checks the structure of a config dict (values that need the model are checked by the runner)."""
+def parse_training_config(raw: dict[str, Any], source: str = "<dict>", check_paths: bool = True) -> TrainingConfig:
+    """Checks the structure of a config dict and, with `check_paths`, that every file and folder it names
+    exists (values that need the model are checked by the runner)."""
     _require(isinstance(raw, dict), source, "the config must be a mapping")
     unknown = set(raw) - {"model", "stage", "tasks", "training"}
     _require(not unknown, source, f"unknown sections {sorted(unknown)} (expected model, stage, tasks, training)")
     model = raw.get("model") or {}
     starts = [key for key in ("preset", "pretrained") if key in model]
     _require(len(starts) == 1, source, "model needs exactly one of 'preset' or 'pretrained'")
-    if "pretrained" in model:
+    if "pretrained" in model and check_paths:
         _require(Path(model["pretrained"]).is_dir(), source, f"model.pretrained {model['pretrained']}: no such folder")
-    if "farl" in model:
+    if "farl" in model and check_paths:
         _require(Path(model["farl"]).exists(), source, f"model.farl {model['farl']}: no such file")
     stage = raw.get("stage") or {}
     mode = stage.get("mode", "full")
@@ -106,7 +107,8 @@ def parse_training_config(raw: dict[str, Any], source: str = "<dict>") -> Traini
         if "synthetic" not in data:
             for key in ("reader", "root", "split"):
                 _require(key in data, where, f"data needs '{key}'")
-            _require(os.path.exists(data["root"]), where, f"data root {data['root']}: no such folder")
+            if check_paths:
+                _require(os.path.exists(data["root"]), where, f"data root {data['root']}: no such folder")
         tasks.append(TaskTrainingConfig(name, samples, float(weight), data, settings.get("num_identities")))
     _require(sum(task.weight for task in tasks) > 0, source, "at least one task needs a positive weight")
     training = raw.get("training") or {}
@@ -127,7 +129,7 @@ def parse_training_config(raw: dict[str, Any], source: str = "<dict>") -> Traini
     )
 
 
-def load_training_config(path: str | os.PathLike) -> TrainingConfig:
+def load_training_config(path: str | os.PathLike, check_paths: bool = True) -> TrainingConfig:
     path = Path(path)
     if not path.is_file():
         raise TrainingConfigError(f"{path}: no such config file")
@@ -135,4 +137,4 @@ def load_training_config(path: str | os.PathLike) -> TrainingConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise TrainingConfigError(f"{path}: not valid YAML ({error})") from None
-    return parse_training_config(raw, str(path))
+    return parse_training_config(raw, str(path), check_paths)
