@@ -17,6 +17,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_faceptor import FaceptorConfig, TaskSpec
 from .outputs_faceptor import FaceptorOutput
+from .task_query_sets import FaceptorTaskSetMixin
 
 
 def tag_init_scheme(module: nn.Module, scheme: str) -> nn.Module:
@@ -486,7 +487,7 @@ class FaceptorPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.num_batches_tracked)
 
 
-class FaceptorModel(FaceptorPreTrainedModel):
+class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
     """Faceptor: one encoder pass, then every requested task decoded from its queries.
 
     Example:
