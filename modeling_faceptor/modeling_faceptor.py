@@ -119,12 +119,24 @@ class FaceptorAttention(nn.Module):
         key_states: torch.Tensor,
         value_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        level_embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`level_embeddings` `(query_length, num_levels, embed_dim)`, when given, are each query's layer-aware
+        embeddings of the key levels, whose keys lie in `num_levels` equal consecutive blocks. Since
+        k_proj(F + P + L) = k_proj(F + P) + W_k L, they enter as a per-query, per-level logit term q (W_k L)^T
+        (paper Sec. 3.3), so queries of several tasks share one attention call."""
         batch_size, query_length, _ = query_states.shape
         key_length = key_states.shape[1]
         query = self.q_proj(query_states).view(batch_size, query_length, self.num_heads, self.head_dim).transpose(1, 2)
         key = self.k_proj(key_states).view(batch_size, key_length, self.num_heads, self.head_dim).transpose(1, 2)
         value = self.v_proj(value_states).view(batch_size, key_length, self.num_heads, self.head_dim).transpose(1, 2)
+        if level_embeddings is not None:
+            num_levels = level_embeddings.shape[1]
+            level_keys = F.linear(level_embeddings, self.k_proj.weight)
+            level_keys = level_keys.view(query_length, num_levels, self.num_heads, self.head_dim).permute(2, 0, 1, 3)
+            logit_terms = torch.einsum("bhqd,hqld->bhql", query, level_keys) * self.scaling
+            logit_terms = logit_terms.repeat_interleave(key_length // num_levels, dim=-1)
+            attention_mask = logit_terms if attention_mask is None else logit_terms + attention_mask
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -275,13 +287,20 @@ class FaceptorDecoderLayer(GradientCheckpointingLayer):
         query_position: torch.Tensor,
         memory: torch.Tensor,
         memory_keys: torch.Tensor,
+        cross_attention_mask: torch.Tensor | None = None,
+        self_attention_mask: torch.Tensor | None = None,
+        level_embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`hidden_states` `(B, Q, C)`, `query_position` `(Q, C)`, `memory` `(B, M, C)` values and
-        `memory_keys` `(B, M, C)`: the memory plus its position and layer-aware embeddings (paper Eq. 7)."""
-        attended = self.cross_attn(hidden_states + query_position, memory_keys, memory)
+        `memory_keys` `(B, M, C)`: the memory plus its position and layer-aware embeddings (paper Eq. 7). When
+        several tasks decode together, the masks keep each task to its own levels and queries and
+        `level_embeddings` carries per-task layer embeddings (see `FaceptorAttention`)."""
+        attended = self.cross_attn(
+            hidden_states + query_position, memory_keys, memory, cross_attention_mask, level_embeddings
+        )
         hidden_states = self.cross_attn_layer_norm(hidden_states + attended)
         positioned = hidden_states + query_position
-        attended = self.self_attn(positioned, positioned, hidden_states)
+        attended = self.self_attn(positioned, positioned, hidden_states, self_attention_mask)
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
         hidden_states = self.final_layer_norm(hidden_states + self.fc2(self.activation(self.fc1(hidden_states))))
         return hidden_states
@@ -366,6 +385,54 @@ class FaceptorDecoder(nn.Module):
         for layer in self.layers:
             hidden_states = layer(hidden_states, query_position, memory, memory_keys)
         return hidden_states
+
+    def forward_tasks(
+        self, specs: Sequence[TaskSpec], projected: dict[int, torch.Tensor], anchor_position: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Decodes several tasks in one pass: their queries concatenated, self-attention kept within each task
+        by a block mask, cross-attention kept to each task's levels by a mask, and per-task layer embeddings
+        as per-query logit terms. Equals calling `forward` per task (up to float rounding)."""
+        if len(specs) == 1:
+            return {specs[0].name: self(specs[0], projected, anchor_position)}
+        levels = sorted({level for spec in specs for level in self.levels_for(spec)})
+        memory = torch.cat([projected[level] for level in levels], dim=1)
+        batch_size, dtype, device = memory.shape[0], memory.dtype, memory.device
+        if self.config.layer_embedding_scope == "shared":
+            key_positions = torch.cat([anchor_position + self.level_embeddings[level] for level in levels], dim=0)
+            level_embeddings = None
+        else:
+            key_positions = anchor_position.repeat(len(levels), 1)
+            level_embeddings = torch.cat(
+                [self.task_level_embeddings[spec.name][levels][None].expand(spec.num_queries, -1, -1) for spec in specs]
+            )
+        memory_keys = memory + key_positions
+        sizes = [spec.num_queries for spec in specs]
+        owner = torch.repeat_interleave(torch.arange(len(specs), device=device), torch.tensor(sizes, device=device))
+        blocked_pairs = owner[:, None] != owner[None, :]
+        # Additive float masks: the eager and SDPA attention functions both add them to the logits.
+        self_attention_mask = torch.zeros(blocked_pairs.shape, dtype=dtype, device=device)
+        self_attention_mask = self_attention_mask.masked_fill(blocked_pairs, torch.finfo(dtype).min)[None, None]
+        reads = torch.tensor([[level in self.levels_for(spec) for level in levels] for spec in specs], device=device)[
+            owner
+        ]
+        cross_attention_mask = None
+        if not reads.all():
+            blocked = (~reads).repeat_interleave(anchor_position.shape[0], dim=1)
+            cross_attention_mask = torch.zeros(blocked.shape, dtype=dtype, device=device)
+            cross_attention_mask = cross_attention_mask.masked_fill(blocked, torch.finfo(dtype).min)[None, None]
+        hidden_states = torch.cat([self.query_features[spec.name] for spec in specs])[None].expand(batch_size, -1, -1)
+        query_position = torch.cat([self.query_position_embeddings[spec.name] for spec in specs])
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                query_position,
+                memory,
+                memory_keys,
+                cross_attention_mask,
+                self_attention_mask,
+                level_embeddings,
+            )
+        return dict(zip([spec.name for spec in specs], hidden_states.split(sizes, dim=1), strict=True))
 
 
 class FaceptorPixelDecoder(nn.Module):
@@ -677,19 +744,23 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
             pixel_embeddings = self.pixel_decoder(top)
 
         task_outputs, decoder_tokens = {}, {}
+        if task_samples:
+            # Each task on its own rows: one decoder pass per task (multi-task training).
+            for spec in decoded:
+                rows = task_samples.get(spec.name, slice(None))
+                own_levels = {level: features[rows] for level, features in projected.items()}
+                decoder_tokens[spec.name] = self.decoder(spec, own_levels, anchor_position)
+        elif decoded:
+            decoder_tokens = self.decoder.forward_tasks(decoded, projected, anchor_position)
         task_samples = task_samples or {}
         for spec in specs:
             rows = task_samples.get(spec.name, slice(None))
             if spec.category == "identity":
                 task_outputs[spec.name] = self.identity_head(patch_features[self.config.top_layer][rows])
-                continue
-            own_levels = {level: features[rows] for level, features in projected.items()}
-            tokens = self.decoder(spec, own_levels, anchor_position)
-            decoder_tokens[spec.name] = tokens
-            if spec.category == "dense":
-                task_outputs[spec.name] = self.dense_head(tokens, pixel_embeddings[rows])
+            elif spec.category == "dense":
+                task_outputs[spec.name] = self.dense_head(decoder_tokens[spec.name], pixel_embeddings[rows])
             else:
-                task_outputs[spec.name] = self.attribute_head(tokens)
+                task_outputs[spec.name] = self.attribute_head(decoder_tokens[spec.name])
 
         output = FaceptorOutput(
             task_outputs=task_outputs,

@@ -254,3 +254,24 @@ def test_task_samples_decode_each_task_on_its_own_rows():
     torch.testing.assert_close(split["age_morph2"], full["age_morph2"][0:2])
     torch.testing.assert_close(split["affect_rafdb"], full["affect_rafdb"][2:5])
     torch.testing.assert_close(split["recog_ms1mv3"], full["recog_ms1mv3"][1:4])
+
+
+@pytest.mark.parametrize("scope", ["shared", "per_task"])
+def test_batched_decoding_equals_the_per_task_loop(scope):
+    tasks = [
+        {"name": "age", "kind": "age", "num_queries": 11},
+        {"name": "mood", "kind": "classification", "num_queries": 4, "use_layer_attention": False},
+        {"name": "points", "kind": "landmarks", "num_queries": 6},
+        {"name": "regions", "kind": "parsing", "num_queries": 3, "use_layer_attention": False},
+        {"name": "identity", "kind": "embedding"},
+    ]
+    config = tiny_config(tasks=tasks, layer_embedding_scope=scope, decoder_feature_layers=[3, 0, 1, 2])
+    model = FaceptorModel(config).eval()
+    pixel_values = torch.randn(3, 3, 32, 48)
+    with torch.no_grad():
+        batched = model(pixel_values)
+        for spec in tasks:
+            alone = model(pixel_values, tasks=spec["name"])
+            torch.testing.assert_close(
+                batched.task_outputs[spec["name"]], alone.task_outputs[spec["name"]], rtol=1e-5, atol=1e-5
+            )
