@@ -111,13 +111,13 @@ def expand_inputs(paths: Sequence[str]) -> list[str]:
     return expanded
 
 
-def load_pipeline(model: str, device: str | None):
+def load_pipeline(model: str, device: str | None, dtype: str = "float32"):
     from transformers import pipeline
 
     if not os.path.isdir(model):
         raise CommandError(f"{model}: no such model folder")
     try:
-        return pipeline("face-perception", model=model, device=device)
+        return pipeline("face-perception", model=model, device=device, dtype=getattr(torch, dtype))
     except (OSError, ValueError, KeyError) as error:
         raise CommandError(f"{model}: cannot load a Faceptor model ({str(error).splitlines()[0]})") from None
 
@@ -130,7 +130,7 @@ def command_predict(args: argparse.Namespace) -> int:
     from .processing.image_loading import load_image
 
     images = expand_inputs(args.images)
-    face_pipeline = load_pipeline(args.model, args.device)
+    face_pipeline = load_pipeline(args.model, args.device, args.dtype)
     if args.tasks:
         try:
             face_pipeline.task_specs(args.tasks)
@@ -165,6 +165,22 @@ def command_predict(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def command_export(args: argparse.Namespace) -> None:
+    from .export import export_onnx
+    from .modeling_faceptor import FaceptorModel
+
+    if not os.path.isdir(args.model):
+        raise CommandError(f"{args.model}: no such model folder")
+    model = FaceptorModel.from_pretrained(args.model).eval()
+    try:
+        differences = export_onnx(model, args.output, tasks=args.tasks, input_size=args.size, check=not args.no_check)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    print(f"wrote {args.output}")
+    for task, difference in differences.items():
+        print(f"  {task}: largest difference to PyTorch {difference:.2e}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faceptor", description="Faceptor: one model for every face task.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -197,8 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-detector", action="store_true", help="take each image as one face crop")
     predict.add_argument("--batch-size", type=int, default=8, help="images (and faces) per batch")
     predict.add_argument("--device", help="torch device, e.g. cuda:0 (default: CPU)")
+    predict.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                         help="weights and activations; bfloat16 is faster on recent CPUs and GPUs")  # fmt: skip
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=command_predict)
+
+    export = commands.add_parser("export", help="export a model for other runtimes")
+    formats = export.add_subparsers(dest="format", required=True)
+    onnx = formats.add_parser("onnx", help="an ONNX graph of a task set, checked with onnxruntime")
+    onnx.add_argument("model", help="model folder")
+    onnx.add_argument("output", help="the .onnx file to write")
+    onnx.add_argument("--tasks", nargs="+", help="tasks (default: all; they must share a crop size)")
+    onnx.add_argument("--size", type=int, help="crop size (default: the tasks' own)")
+    onnx.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    export.set_defaults(handler=command_export)
 
     # `faceptor train ...` is handed whole to faceptor.train.run (see main); listed here for --help.
     commands.add_parser("train", help="multi-task training from a YAML config: faceptor train --config CFG")
