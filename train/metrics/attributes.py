@@ -98,9 +98,7 @@ def attribute_scores(predictions, references, attribute_names: Sequence[str] | N
         raise ValueError(f"Prediction shape {predictions.shape} mismatches the reference shape {references.shape}.")
     if predictions.shape[0] == 0:
         raise ValueError("No attribute labels to score.")
-    names = (
-        list(attribute_names) if attribute_names is not None else [str(i) for i in range(predictions.shape[1])]
-    )
+    names = list(attribute_names) if attribute_names is not None else [str(i) for i in range(predictions.shape[1])]
     if len(names) != predictions.shape[1]:
         raise ValueError(f"Got {len(names)} attribute names for {predictions.shape[1]} attributes.")
     per_attribute = (predictions == references).mean(axis=0)

@@ -82,9 +82,7 @@ class ParsingConfusion:
         return parsing_scores(self.matrix, self.class_names, self.exclude)
 
 
-def parsing_scores(
-    matrix, class_names: Sequence[str], exclude: Sequence[str] = OFFICIAL_EXCLUDED
-) -> dict[str, float]:
+def parsing_scores(matrix, class_names: Sequence[str], exclude: Sequence[str] = OFFICIAL_EXCLUDED) -> dict[str, float]:
     """Scores of a `(C, C)` ground-truth x prediction confusion matrix:
 
     - `f1_mean`: mean F1 over the classes not in `exclude` (the official `fg_mean`);
