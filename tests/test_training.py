@@ -224,3 +224,22 @@ def test_every_shipped_config_parses():
         assert config.tasks, path
     stage_two = load_training_config(TINY_CONFIG.parent / "faceptor_base_stage2.yaml", check_paths=False)
     assert stage_two.mode == "layer_attention" and stage_two.open_layers == [1, 3, 5, 7, 9]
+
+
+def test_training_reads_a_real_dataset_layout(tmp_path):
+    """A UTKFace-layout folder (age in the file name) through the reader, the augmentation and two steps."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "utk" / "data").mkdir(parents=True)
+    for index, age in enumerate([23, 35, 51, 67]):
+        pixels = (np.random.default_rng(index).random((48, 48, 3)) * 255).astype("uint8")
+        Image.fromarray(pixels).save(tmp_path / "utk" / "data" / f"{age}_0_0_2017010{index}.jpg.chip.jpg")
+    raw = tiny_raw(max_steps=2)
+    raw["tasks"] = {"age_morph2": {"samples_per_step": 2, "weight": 1.0,
+                                   "data": {"reader": "age_utkface", "root": str(tmp_path / "utk"), "split": "all"}}}  # fmt: skip
+    trainer = train(raw, tmp_path / "run")
+    assert trainer.state.global_step == 2
+    stream = trainer.task_streams[0].dataset
+    assert len(stream) == 4 and stream[0]["pixel_values"].shape == (3, 32, 32)
+    assert sorted(float(stream[i]["labels"]) for i in range(4)) == [23.0, 35.0, 51.0, 67.0]

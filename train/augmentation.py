@@ -318,7 +318,8 @@ def image_to_tensor(image) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         tensor = image if image.ndim == 3 and image.shape[0] in (1, 3, 4) else image.permute(2, 0, 1)
     else:
-        array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+        # A writable copy: PIL hands out read-only buffers, which torch cannot wrap safely.
+        array = np.array(image.convert("RGB") if hasattr(image, "convert") else image)
         if array.ndim == 2:
             array = array[:, :, None]
         tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
