@@ -3,8 +3,8 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_config
 
+from conftest import tiny_config
 from faceptor import FaceptorModel
 from faceptor.export import export_onnx
 

@@ -236,8 +236,8 @@ def test_training_reads_a_real_dataset_layout(tmp_path):
         pixels = (np.random.default_rng(index).random((48, 48, 3)) * 255).astype("uint8")
         Image.fromarray(pixels).save(tmp_path / "utk" / "data" / f"{age}_0_0_2017010{index}.jpg.chip.jpg")
     raw = tiny_raw(max_steps=2)
-    raw["tasks"] = {"age_morph2": {"samples_per_step": 2, "weight": 1.0,
-                                   "data": {"reader": "age_utkface", "root": str(tmp_path / "utk"), "split": "all"}}}  # fmt: skip
+    data = {"reader": "age_utkface", "root": str(tmp_path / "utk"), "split": "all"}
+    raw["tasks"] = {"age_morph2": {"samples_per_step": 2, "weight": 1.0, "data": data}}
     trainer = train(raw, tmp_path / "run")
     assert trainer.state.global_step == 2
     stream = trainer.task_streams[0].dataset
