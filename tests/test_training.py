@@ -152,6 +152,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert (tmp_path / "straight" / "task_losses.png").stat().st_size > 10_000
     assert sorted(os.listdir(tmp_path / "straight" / "task_query_sets"))[0] == "affect_rafdb.safetensors"
     assert type(AutoModel.from_pretrained(tmp_path / "straight")) is FaceptorModel
+    metrics = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert set(metrics) == {"age_morph2", "biattr_celeba", "affect_rafdb", "parsing_celebam", "align_300w"}
+    assert set(metrics["age_morph2"]) >= {"mae", "cs_5"} and "f1_mean" in metrics["parsing_celebam"]
 
 
 def test_config_errors_are_named_before_training(tmp_path):

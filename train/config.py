@@ -42,6 +42,7 @@ class TaskTrainingConfig:
     weight: float
     data: dict[str, Any]
     num_identities: int | None = None
+    eval: dict[str, Any] | None = None  # the data scored after training: {reader, root, split}
 
 
 @dataclass
@@ -88,7 +89,7 @@ def parse_training_config(raw: dict[str, Any], source: str = "<dict>", check_pat
     for name, settings in tasks_raw.items():
         where = f"{source}: task {name!r}"
         _require(isinstance(settings, dict), where, "settings must be a mapping")
-        extra = set(settings) - {"samples_per_step", "weight", "data", "num_identities"}
+        extra = set(settings) - {"samples_per_step", "weight", "data", "num_identities", "eval"}
         _require(not extra, where, f"unknown settings {sorted(extra)}")
         samples = settings.get("samples_per_step")
         _require(
@@ -109,7 +110,13 @@ def parse_training_config(raw: dict[str, Any], source: str = "<dict>", check_pat
                 _require(key in data, where, f"data needs '{key}'")
             if check_paths:
                 _require(os.path.exists(data["root"]), where, f"data root {data['root']}: no such folder")
-        tasks.append(TaskTrainingConfig(name, samples, float(weight), data, settings.get("num_identities")))
+        evaluation = settings.get("eval")
+        if evaluation is not None:
+            for key in ("reader", "root", "split"):
+                _require(isinstance(evaluation, dict) and key in evaluation, where, f"eval needs '{key}'")
+            if check_paths:
+                _require(os.path.exists(evaluation["root"]), where, f"eval root {evaluation['root']}: no such folder")
+        tasks.append(TaskTrainingConfig(name, samples, float(weight), data, settings.get("num_identities"), evaluation))
     _require(sum(task.weight for task in tasks) > 0, source, "at least one task needs a positive weight")
     training = raw.get("training") or {}
     extra = set(training) - TRAINING_KEYS - {"head_lr_multiplier"}

@@ -197,6 +197,40 @@ def replica_checksums(trainer: FaceptorTrainer) -> list[str]:
     return [f"{first:.12e}/{second:.12e}" for first, second in gathered]
 
 
+def final_metrics(trainer: FaceptorTrainer, config: TrainingConfig) -> dict[str, dict[str, float]]:
+    """Each task's scores after training: on its `eval` data when the config names some, else (synthetic
+    data) on its training samples; identity tasks need a verification set as `eval`."""
+    import numpy as np
+
+    from .datasets import build_task_dataset
+    from .evaluation import evaluate_task, evaluate_verification
+
+    model = trainer.accelerator.unwrap_model(trainer.model).model
+    results = {}
+    for task, stream in zip(config.tasks, trainer.task_streams, strict=True):
+        spec = model.config.task_specs[task.name]
+        if spec.kind == "embedding":
+            if task.eval is None:
+                continue
+            from .augmentation import build_eval_transform
+            from .data import load_face_dataset
+
+            pairs = load_face_dataset(task.eval["reader"], task.eval["root"], task.eval["split"])
+            transform = build_eval_transform(spec.kind, spec.input_size)
+            scores = evaluate_verification(model, task.name, pairs, transform, progress=False)
+        else:
+            if task.eval is not None:
+                reader = task.eval["reader"]
+                dataset = build_task_dataset(spec.to_dict(), reader, task.eval["root"], task.eval["split"], False)
+            elif "synthetic" in task.data:
+                reader, dataset = None, stream.dataset
+            else:
+                continue
+            scores = evaluate_task(model, task.name, dataset, reader, progress=False)[0]
+        results[task.name] = {name: float(value) for name, value in scores.items() if np.isscalar(value)}
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faceptor train", description="Multi-task training of Faceptor.")
     parser.add_argument("--config", required=True, help="YAML training config")
@@ -231,4 +265,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot_task_losses(trainer.state.log_history, os.path.join(output_dir, "task_losses.png"))
         with open(os.path.join(output_dir, "log_history.json"), "w") as handle:
             json.dump(trainer.state.log_history, handle, indent=1)
+        with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
+            json.dump(final_metrics(trainer, config), handle, indent=1)
     return 0

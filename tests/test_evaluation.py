@@ -1,0 +1,87 @@
+import io
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_config
+from faceptor import FaceptorModel
+from faceptor.train.evaluation import evaluate_task, per_sample_errors, save_worst_cases
+from faceptor.train.metrics.tasks import metric_for_task
+from faceptor.train.synthetic import SyntheticTaskDataset
+
+
+def small_model():
+    tasks = [
+        {"name": "align_300w", "kind": "landmarks", "num_queries": 68, "input_size": 32},
+        {"name": "parsing_celebam", "kind": "parsing", "num_queries": 19, "input_size": 32},
+        {"name": "age_utkface", "kind": "age", "num_queries": 101, "input_size": 32},
+        {"name": "affect_rafdb", "kind": "classification", "num_queries": 7, "input_size": 32},
+        {"name": "biattr_celeba", "kind": "multilabel", "num_queries": 40, "input_size": 32},
+        {"name": "recog_ms1mv3", "kind": "embedding", "input_size": 32},
+    ]
+    return FaceptorModel(tiny_config(tasks=tasks)).eval()
+
+
+@pytest.mark.parametrize("task", ["align_300w", "parsing_celebam", "age_utkface", "affect_rafdb", "biattr_celeba"])
+def test_scores_are_the_metric_of_the_predictions(task, tmp_path):
+    model = small_model()
+    spec = model.config.task_specs[task].to_dict()
+    dataset = SyntheticTaskDataset(spec, num_samples=5)
+    scores, predictions, references, errors = evaluate_task(model, task, dataset, batch_size=2, progress=False)
+    assert len(predictions) == len(references) == len(errors) == 5
+    direct = metric_for_task(spec["kind"], task)
+    extra = {"boxes": np.tile([-0.5, -0.5, 31.5, 31.5], (5, 1))} if getattr(direct, "needs_boxes", False) else {}
+    expected = direct.compute(predictions=predictions, references=references, **extra)
+    for name, value in expected.items():
+        if np.isscalar(value):
+            assert scores[name] == pytest.approx(value, nan_ok=True), name
+    np.testing.assert_allclose(errors, per_sample_errors(spec["kind"], predictions, references))
+    pictures = save_worst_cases(spec["kind"], dataset, predictions, references, errors, str(tmp_path), count=2)
+    assert len(pictures) == 2 and all(Image.open(path).size[1] == 32 for path in pictures)
+
+
+def test_cli_evaluate_on_a_dataset_layout(tmp_path):
+    model = small_model()
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "utk" / "data").mkdir(parents=True)
+    for index, age in enumerate([23, 35, 51, 67, 40]):
+        pixels = (np.random.default_rng(index).random((40, 40, 3)) * 255).astype("uint8")
+        Image.fromarray(pixels).save(tmp_path / "utk" / "data" / f"{age}_0_0_2017010{index}.jpg.chip.jpg")
+    command = [sys.executable, "-m", "faceptor.cli", "evaluate", "--model", str(tmp_path / "model"),
+               "--task", "age_utkface", "--data", str(tmp_path / "utk"), "--split", "all", "--quiet",
+               "--output", str(tmp_path / "scores.json"), "--visualize", str(tmp_path / "worst")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "scores.json").read_text())["scores"]
+    assert set(scores) >= {"mae", "cs_5"} and scores["mae"] >= 0
+    assert "mae" in result.stdout and len(list((tmp_path / "worst").iterdir())) == 5
+    elsewhere = [str(tmp_path / "nowhere") if part == str(tmp_path / "utk") else part for part in command]
+    missing = subprocess.run(elsewhere, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip() == f"faceptor: error: {tmp_path / 'nowhere'}: no such dataset folder"
+
+
+def test_cli_evaluate_verification(tmp_path):
+    model = small_model()
+    model.save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(40):
+        buffer = io.BytesIO()
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")).save(buffer, format="JPEG")
+        images.append(buffer.getvalue())
+    (tmp_path / "bins").mkdir()
+    with open(tmp_path / "bins" / "lfw.bin", "wb") as handle:
+        pickle.dump((images, [True, False] * 10), handle, protocol=4)
+    command = [sys.executable, "-m", "faceptor.cli", "evaluate", "--model", str(tmp_path / "model"),
+               "--task", "recog_ms1mv3", "--data", str(tmp_path / "bins"), "--split", "lfw", "--quiet",
+               "--output", str(tmp_path / "lfw.json")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "lfw.json").read_text())["scores"]
+    assert 0.0 <= scores["accuracy"] <= 1.0 and "best_threshold" in scores
