@@ -213,3 +213,18 @@ print("pipeline-remote-ok")
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pipeline-remote-ok" in result.stdout
+
+
+def test_the_bundled_detector_finds_the_face_in_a_full_photo(model_dir, astronaut):
+    pytest.importorskip("onnxruntime")
+    detecting = pipeline("face-perception", model=str(model_dir))  # detector="auto"
+    result = detecting(astronaut, tasks=["align_300w"])
+    assert len(result["faces"]) == 1
+    face = result["faces"][0]
+    assert face["box_source"] == "detector" and face["score"] > 0.9
+    x0, y0, x1, y1 = face["box"]
+    ix0, iy0 = max(x0, ASTRONAUT_FACE[0]), max(y0, ASTRONAUT_FACE[1])
+    ix1, iy1 = min(x1, ASTRONAUT_FACE[2]), min(y1, ASTRONAUT_FACE[3])
+    overlap = max(0, ix1 - ix0) * max(0, iy1 - iy0)
+    union = (x1 - x0) * (y1 - y0) + 95 * 120 - overlap
+    assert overlap / union > 0.4
