@@ -41,9 +41,12 @@ class FaceptorLayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 whatever the input dtype, as FaRL's encoder does."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        dtype = hidden_states.dtype
-        normalized = F.layer_norm(hidden_states.float(), self.normalized_shape, None, None, self.eps)
-        return self.weight * normalized.to(dtype) + self.bias
+        if hidden_states.dtype == torch.float32:
+            return F.layer_norm(hidden_states, self.normalized_shape, self.weight, self.bias, self.eps)
+        normalized = F.layer_norm(
+            hidden_states.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+        )
+        return normalized.to(hidden_states.dtype)
 
 
 class FaceptorChannelLayerNorm(nn.Module):
