@@ -1,5 +1,6 @@
 """Geometry shared by post-processing and the landmark loss."""
 
+import numpy as np
 import torch
 
 
@@ -14,3 +15,32 @@ def heatmaps_to_points(heatmaps: torch.Tensor) -> torch.Tensor:
     x = (heatmaps.sum(dim=2) * xs).sum(dim=2) / total
     scale = torch.tensor([width, height], device=heatmaps.device, dtype=heatmaps.dtype)
     return (torch.stack([x, y], dim=-1) + 0.5) / scale
+
+
+def _array_module(coords):
+    return torch if isinstance(coords, torch.Tensor) else np
+
+
+def tanh_warp(coords, size: int, warp_factor: float):
+    """FaRL's tanh-warping of crop pixel coordinates (numpy or torch; identity for a factor of 0): with u the
+    coordinate scaled to [-1, 1] and f the factor, every |u| > 1 - f becomes sign(u) ((1 - f) + f tanh((|u| -
+    (1 - f)) / f)), so the whole image beyond the face fits into the crop's border."""
+    if warp_factor <= 0:
+        return coords
+    xp, f = _array_module(coords), warp_factor
+    u = coords / size * 2 - 1
+    outer = xp.abs(u) > 1 - f
+    u = xp.where(outer, xp.sign(u) * ((1 - f) + f * xp.tanh((xp.abs(u) - (1 - f)) / f)), u)
+    return (u + 1) / 2 * size
+
+
+def tanh_unwarp(coords, size: int, warp_factor: float):
+    """Inverse of [`tanh_warp`] (its artanh argument clipped to +-0.999, as FaRL)."""
+    if warp_factor <= 0:
+        return coords
+    xp, f = _array_module(coords), warp_factor
+    u = coords / size * 2 - 1
+    outer = xp.abs(u) > 1 - f
+    argument = xp.clip((xp.abs(u) - (1 - f)) / f, -0.999, 0.999)
+    u = xp.where(outer, xp.sign(u) * ((1 - f) + f * xp.arctanh(argument)), u)
+    return (u + 1) / 2 * size

@@ -19,7 +19,7 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
-from .geometry import heatmaps_to_points
+from .geometry import heatmaps_to_points, tanh_unwarp, tanh_warp
 from .image_loading import load_image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -39,6 +39,7 @@ class FaceptorImageProcessorKwargs(ImagesKwargs, total=False):
     face_mean: tuple[float, float, float]
     face_std: tuple[float, float, float]
     face_box_scale: float
+    parsing_warp_factor: float
 
 
 def square_crop(box: Sequence[float], scale: float) -> tuple[int, int, int]:
@@ -62,6 +63,10 @@ class FaceptorImageProcessor(TorchvisionBackend):
         face_size (`int`, defaults to 112): crop side of attribute and identity tasks.
         face_mean, face_std: normalisation of those crops (0.5, as the official attribute transforms).
         face_box_scale (`float`, defaults to 1.3): their crop side / face box side.
+        parsing_warp_factor (`float`, defaults to 0): FaRL's tanh-warping of parsing crops (0.8 for a model
+            trained on LaPa as the official recipe; 0 for CelebAMask-HQ). When positive, parsing tasks read
+            their own "parsing" crops, warped so the whole image fits into the crop border, and
+            `post_process_parsing` undoes the warp.
     """
 
     valid_kwargs = FaceptorImageProcessorKwargs
@@ -74,15 +79,38 @@ class FaceptorImageProcessor(TorchvisionBackend):
     face_mean = HALF
     face_std = HALF
     face_box_scale = 1.3
+    parsing_warp_factor = 0.0
+
+    def group_for(self, kind: str, category: str) -> str:
+        """The crop group a task reads: "dense", "face", or "parsing" (warped parsing crops)."""
+        if kind == "parsing" and self.parsing_warp_factor > 0:
+            return "parsing"
+        return CATEGORY_GROUP[category]
 
     def group_settings(self, group: str) -> tuple[int, tuple, tuple, float]:
-        if group not in ("dense", "face"):
-            raise ValueError(f"Unknown crop group {group!r}; expected 'dense' or 'face'.")
-        return tuple(getattr(self, f"{group}_{name}") for name in ("size", "mean", "std", "box_scale"))
+        if group not in ("dense", "face", "parsing"):
+            raise ValueError(f"Unknown crop group {group!r}; expected 'dense', 'face' or 'parsing'.")
+        prefix = "dense" if group == "parsing" else group
+        return tuple(getattr(self, f"{prefix}_{name}") for name in ("size", "mean", "std", "box_scale"))
+
+    def warped_crop(self, image: torch.Tensor, crop: tuple[int, int, int]) -> torch.Tensor:
+        """A tanh-warped parsing crop: each output pixel samples (bilinear) the image where `tanh_unwarp` puts
+        it, so the face fills the centre and the rest of the image is squeezed into the border."""
+        size, mean, std, _ = self.group_settings("parsing")
+        left, top, side = crop
+        height, width = image.shape[-2:]
+        centres = torch.arange(size, dtype=torch.float32) + 0.5
+        source = tanh_unwarp(centres, size, self.parsing_warp_factor) * (side / size)
+        xs, ys = (left + source) / width * 2 - 1, (top + source) / height * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
+        patch = F.grid_sample(image[None].float() / 255.0, grid, mode="bilinear", align_corners=False)[0]
+        return tvF.normalize(patch, list(mean), list(std))
 
     def crop_face(self, image: torch.Tensor, crop: tuple[int, int, int], group: str) -> torch.Tensor:
         """`(3, H, W)` uint8 image and a `(left, top, side)` crop -> normalised `(3, size, size)` float crop;
         the parts outside the image are black, as the official warps leave them."""
+        if group == "parsing":
+            return self.warped_crop(image, crop)
         size, mean, std, _ = self.group_settings(group)
         left, top, side = crop
         patch = tvF.crop(image, top, left, side, side)  # pads with zeros outside the image
@@ -157,12 +185,37 @@ class FaceptorImageProcessor(TorchvisionBackend):
         return list((left_top + points * side - 0.5).cpu().numpy())
 
     @staticmethod
+    def unwarp_parsing(logits: torch.Tensor, crop: Sequence[float], height: int, width: int, warp_factor: float):
+        """Labels `(height, width)` of a whole image from the logits `(C, h, w)` of a tanh-warped crop: each
+        image pixel reads the logits where `tanh_warp` sent it (bilinear), a band of rows at a time."""
+        left, top, side = (float(value) for value in crop)
+        columns = (torch.arange(width, dtype=torch.float32) + 0.5 - left) / side
+        warped_x = tanh_warp(columns * logits.shape[-1], logits.shape[-1], warp_factor) / logits.shape[-1] * 2 - 1
+        labels = torch.empty(height, width, dtype=torch.uint8)
+        band = max(1, 2**20 // max(width, 1))
+        for start in range(0, height, band):
+            rows = (torch.arange(start, min(start + band, height), dtype=torch.float32) + 0.5 - top) / side
+            warped_y = tanh_warp(rows * logits.shape[-2], logits.shape[-2], warp_factor) / logits.shape[-2] * 2 - 1
+            grid = torch.stack(torch.meshgrid(warped_x, warped_y, indexing="xy"), dim=-1)[None]
+            sampled = F.grid_sample(logits[None].float(), grid, mode="bilinear", align_corners=False)
+            labels[start : start + len(rows)] = sampled[0].argmax(dim=0).to(torch.uint8)
+        return labels
+
+    @staticmethod
     def post_process_parsing(
-        logits: torch.Tensor, crops: torch.Tensor, image_sizes: torch.Tensor | Sequence[Sequence[int]]
+        logits: torch.Tensor,
+        crops: torch.Tensor,
+        image_sizes: torch.Tensor | Sequence[Sequence[int]],
+        warp_factor: float = 0.0,
     ) -> list[np.ndarray]:
         """Raw parsing logits `(F, C, h, w)`, crops `(F, 3)` and each face's image size `(F, 2)` (height,
         width) -> per face an `(height, width)` uint8 label map of the original image; outside the crop the
-        label is 0 (background)."""
+        label is 0 (background). With a `warp_factor`, the crops were tanh-warped and the warp is undone."""
+        if warp_factor > 0:
+            return [
+                FaceptorImageProcessor.unwarp_parsing(face_logits, crop, int(height), int(width), warp_factor).numpy()
+                for face_logits, crop, (height, width) in zip(logits, crops.tolist(), image_sizes, strict=True)
+            ]
         label_maps = []
         for face_logits, crop, (height, width) in zip(logits.float(), crops.tolist(), image_sizes, strict=True):
             left, top, side = (int(round(value)) for value in crop)

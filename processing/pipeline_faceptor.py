@@ -11,7 +11,7 @@ import torch
 from transformers import Pipeline
 
 from .image_loading import ImageLoadError, describe_source, load_image
-from .image_processing_faceptor import CATEGORY_GROUP, FaceptorImageProcessor
+from .image_processing_faceptor import FaceptorImageProcessor
 from .mask_encoding import encode_label_map
 
 logger = logging.getLogger(__name__)
@@ -122,8 +122,12 @@ class FacePerceptionPipeline(Pipeline):
         else:
             found, box_source = self.resolve_detector(self.default_detector if detector == "unset" else detector)
             faces = self._detections(found, array) if found is not None else [([0.0, 0.0, width, height], None)]
+        groups = ("dense", "face", "parsing") if self.image_processor.parsing_warp_factor > 0 else ("dense", "face")
         crops = self.image_processor(
-            [array], boxes=[None if box_source == "whole_image" else [box for box, _ in faces]], return_tensors="pt"
+            [array],
+            boxes=[None if box_source == "whole_image" else [box for box, _ in faces]],
+            groups=groups,
+            return_tensors="pt",
         )
         return {
             "source": describe_source(image),
@@ -137,9 +141,13 @@ class FacePerceptionPipeline(Pipeline):
         crops = model_inputs["crops"]
         specs = self.task_specs(tasks)
         outputs = {}
-        for group in ("dense", "face"):
-            group_tasks = [spec["name"] for spec in specs if CATEGORY_GROUP[spec["category"]] == group]
-            pixels = crops[f"pixel_values_{group}"]
+        for group in ("dense", "face", "parsing"):
+            group_tasks = [
+                spec["name"]
+                for spec in specs
+                if self.image_processor.group_for(spec["kind"], spec["category"]) == group
+            ]
+            pixels = crops.get(f"pixel_values_{group}", [])
             if group_tasks and len(pixels):
                 dtype = next(self.model.parameters()).dtype
                 with torch.no_grad():
@@ -163,10 +171,11 @@ class FacePerceptionPipeline(Pipeline):
             elif kind == "parsing":
                 sizes = crops["image_sizes"][crops["image_index"]]
                 names = labels or [f"class_{index}" for index in range(raw.shape[1])]
-                values = [
-                    {"labels": list(names), "mask": encode_label_map(label_map)}
-                    for label_map in processor.post_process_parsing(raw, crops["crops_dense"], sizes)
-                ]
+                group = processor.group_for(kind, spec["category"])
+                label_maps = processor.post_process_parsing(
+                    raw, crops[f"crops_{group}"], sizes, processor.parsing_warp_factor if group == "parsing" else 0.0
+                )
+                values = [{"labels": list(names), "mask": encode_label_map(label_map)} for label_map in label_maps]
             elif kind == "age":
                 values = [round(float(age), 2) for age in processor.post_process_age(raw)]
             elif kind == "classification":

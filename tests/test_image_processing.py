@@ -116,3 +116,34 @@ def test_processor_round_trips_and_loads_as_remote_code(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "processor-remote-ok" in result.stdout
+
+
+def test_tanh_warped_parsing_crops_and_their_inverse():
+    from faceptor.processing.geometry import tanh_unwarp, tanh_warp
+
+    coordinates = torch.linspace(0.5, 63.5, 64)
+    torch.testing.assert_close(tanh_unwarp(tanh_warp(coordinates, 64, 0.8), 64, 0.8), coordinates)
+    processor = FaceptorImageProcessor(dense_size=64, face_size=32, parsing_warp_factor=0.8)
+    image = coordinate_image(200, 300)
+    out = processor(image, boxes=[[100, 60, 180, 140]], groups=("dense", "parsing"))
+    assert out["pixel_values_parsing"].shape == (1, 3, 64, 64)
+    mean = torch.tensor(processor.dense_mean)[:, None, None]
+    std = torch.tensor(processor.dense_std)[:, None, None]
+    warped = (out["pixel_values_parsing"][0] * std + mean) * 255
+    plain = (out["pixel_values_dense"][0] * std + mean) * 255
+    assert abs(warped[0, 32, 32] - 140) < 2 and abs(warped[1, 32, 32] - 100) < 2  # the box centre stays
+    # The warp squeezes more of the image into the crop: its edge column reaches further out than the plain crop's.
+    assert warped[0, 32, 0] < plain[0, 32, 0] - 10
+    # Labels painted in image space, seen through the warped crop, come back where they were.
+    truth = torch.zeros(200, 300, dtype=torch.long)
+    truth[:, 140:] = 1
+    truth[120:, :] = 2
+    left, top, side = out["crops_parsing"][0].tolist()
+    centres = torch.arange(64, dtype=torch.float32) + 0.5
+    source = tanh_unwarp(centres, 64, 0.8) * side / 64
+    xs = (left + source).long().clamp(0, 299)
+    ys = (top + source).long().clamp(0, 199)
+    logits = torch.nn.functional.one_hot(truth[ys][:, xs], 3).permute(2, 0, 1).float() * 10
+    labels = FaceptorImageProcessor.post_process_parsing(logits[None], out["crops_parsing"], [(200, 300)], 0.8)[0]
+    inside = slice(70, 130), slice(110, 170)  # around the face, where the warp keeps full resolution
+    assert (labels[inside] == truth.numpy()[inside]).mean() > 0.95

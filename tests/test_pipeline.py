@@ -228,3 +228,16 @@ def test_the_bundled_detector_finds_the_face_in_a_full_photo(model_dir, astronau
     overlap = max(0, ix1 - ix0) * max(0, iy1 - iy0)
     union = (x1 - x0) * (y1 - y0) + 95 * 120 - overlap
     assert overlap / union > 0.4
+
+
+def test_warped_parsing_crops_in_the_pipeline(model_dir, astronaut, tmp_path):
+    FaceptorModel(tiny_config()).save_pretrained(tmp_path / "warped")
+    FaceptorImageProcessor(dense_size=64, face_size=32, parsing_warp_factor=0.8).save_pretrained(tmp_path / "warped")
+    warped = pipeline("face-perception", model=str(tmp_path / "warped"), detector=None)
+    face = warped(astronaut, boxes=[ASTRONAUT_FACE], tasks=["parsing_celebam", "align_300w"])["faces"][0]
+    mask = decode_label_map(face["parsing"]["mask"])
+    assert mask.shape == (512, 512)
+    # The warped crop covers the whole photo, so labels reach beyond the plain crop around the face.
+    assert (mask[:, :100] != 0).any()
+    x0, y0, x1, y1 = ASTRONAUT_FACE
+    assert all(x0 <= x <= x1 and y0 <= y <= y1 for x, y in face["landmarks"])

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from ..processing.geometry import tanh_unwarp, tanh_warp
 from ..processing.image_processing_faceptor import CLIP_MEAN, CLIP_STD, HALF
 from ..task_presets import CELEBAMASK_HQ_CLASSES, LAPA_CLASSES
 from .metrics._common import canonical_dataset
@@ -225,33 +226,6 @@ def face_align_matrix(points5, size: int) -> np.ndarray:
 
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:2, :2].T + matrix[:2, 2]
-
-
-def _namespace(coords):
-    return torch if isinstance(coords, torch.Tensor) else np
-
-
-def tanh_warp(coords, size: int, warp_factor: float):
-    """Crop pixel coordinates (numpy or torch) -> tanh-warped crop pixel coordinates (identity for 0)."""
-    if warp_factor <= 0:
-        return coords
-    xp, f = _namespace(coords), warp_factor
-    u = coords / size * 2 - 1
-    outer = xp.abs(u) > 1 - f
-    u = xp.where(outer, xp.sign(u) * ((1 - f) + f * xp.tanh((xp.abs(u) - (1 - f)) / f)), u)
-    return (u + 1) / 2 * size
-
-
-def tanh_unwarp(coords, size: int, warp_factor: float):
-    """Inverse of `tanh_warp` (its artanh argument clipped to +-0.999, as FaRL)."""
-    if warp_factor <= 0:
-        return coords
-    xp, f = _namespace(coords), warp_factor
-    u = coords / size * 2 - 1
-    outer = xp.abs(u) > 1 - f
-    argument = xp.clip((xp.abs(u) - (1 - f)) / f, -0.999, 0.999)
-    u = xp.where(outer, xp.sign(u) * ((1 - f) + f * xp.arctanh(argument)), u)
-    return (u + 1) / 2 * size
 
 
 def points_to_crop(points, matrix: np.ndarray, size: int, warp_factor: float = 0.0) -> np.ndarray:
