@@ -280,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     export.set_defaults(handler=command_export)
 
+    from .hub import add_push_command
+
+    add_push_command(commands)  # faceptor push MODEL_DIR REPO
+
     evaluate = commands.add_parser("evaluate", help="score a task on a dataset with the paper's protocol")
     evaluate.add_argument("--model", required=True, help="model folder")
     evaluate.add_argument("--task", required=True, help="task name, e.g. align_300w")

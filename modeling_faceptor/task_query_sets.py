@@ -279,7 +279,7 @@ class FaceptorTaskSetMixin:
             )
 
     def _remove_task(self, name: str) -> dict[str, tuple[nn.Module, str, Any]]:
-        """Detaches task `name` (its own parameters and its spec); returns what is needed to put it back."""
+        """Detaches task `name`'s own parameters (not its spec); returns what is needed to put them back."""
         removed = {}
         for module_name in self._task_owned_modules(name):
             module = self.get_submodule(module_name)
