@@ -174,6 +174,20 @@ class KeyMapper:
         return self._rename(key, self.backward_rules)
 
 
+def map_keys(mapper: KeyMapper, tensors: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """Every tensor under our name; a key no template knows is an error, never silently dropped."""
+    mapped, unknown = {}, []
+    for key, value in tensors.items():
+        target = mapper.to_ours(key)
+        if target is None:
+            unknown.append(key)
+        else:
+            mapped[target] = value
+    if unknown:
+        raise CheckpointError(f"{len(unknown)} {what} keys the converter does not know: {unknown[:10]}")
+    return mapped
+
+
 OFFICIAL_KEYS = KeyMapper(OFFICIAL_TEMPLATES)
 CLIP_KEYS = KeyMapper(CLIP_TEMPLATES)
 
@@ -423,7 +437,7 @@ def convert_official_state_dict(
     """Official tensors -> `(our state dict, loss-module tensors, report)`. Every key is either mapped,
     kept aside (loss module) or reported with why; an unknown key is an error, never silently dropped."""
     report = ConversionReport(config=config)
-    ours, losses, unknown = {}, {}, []
+    model_tensors, losses = {}, {}
     for key, value in _normalise_official(state_dict, report).items():
         if key.startswith("losses_module."):
             if keep_loss_weights:
@@ -432,14 +446,8 @@ def convert_official_state_dict(
             else:
                 report.dropped[key] = "loss module (training only; keep with keep_loss_weights)"
             continue
-        target = OFFICIAL_KEYS.to_ours(key)
-        if target is None:
-            unknown.append(key)
-        else:
-            ours[target] = value
-    if unknown:
-        raise CheckpointError(f"{len(unknown)} keys the converter does not know: {unknown[:10]}")
-    return ours, losses, report
+        model_tensors[key] = value
+    return map_keys(OFFICIAL_KEYS, model_tensors, "official"), losses, report
 
 
 def to_official_state_dict(state_dict: dict[str, torch.Tensor], config: FaceptorConfig) -> dict[str, torch.Tensor]:
@@ -541,15 +549,7 @@ def convert_farl_state_dict(
         for key in state_dict
         if key.endswith("position_ids") or not key.startswith(("visual.", "vision_model.", "visual_projection."))
     }
-    encoder, unknown = {}, []
-    for key, value in vision.items():
-        target = mapper.to_ours(key)
-        if target is None:
-            unknown.append(key)
-        else:
-            encoder[target] = value
-    if unknown:
-        raise CheckpointError(f"{len(unknown)} FaRL keys the converter does not know: {unknown[:10]}")
+    encoder = map_keys(mapper, vision, "FaRL")
     positions = "encoder.embeddings.position_embedding"
     encoder[positions] = resize_position_embedding(encoder[positions], config.position_grid_size)
     return encoder, dropped
