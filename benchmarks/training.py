@@ -45,7 +45,11 @@ def run(config: dict, steps: int, processes: int, folder: Path) -> float:
                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                    *arguments]  # fmt: skip
     threads = max(1, (os.cpu_count() or 1) // processes)
-    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     history = json.loads((output / "log_history.json").read_text())
     runtime = next(entry["train_runtime"] for entry in history if "train_runtime" in entry)
     samples_per_step = sum(task["samples_per_step"] for task in config["tasks"].values())
@@ -64,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         cases = [("tiny (tiny_synthetic.yaml)", yaml.safe_load(TINY.read_text()), args.steps)]
         if not args.skip_vit_b:
-            cases.append(("ViT-B Faceptor-Base, 6 tasks", vit_b_config(2), args.vit_b_steps))
+            cases.append(("ViT-B Faceptor-Base, 6 tasks", vit_b_config(4), args.vit_b_steps))
         for name, config, steps in cases:
             per_step = sum(task["samples_per_step"] for task in config["tasks"].values())
             for processes in (1, 2):

@@ -176,6 +176,10 @@ def test_config_errors_are_named_before_training(tmp_path):
     raw["model"] = {"pretrained": str(tmp_path / "nowhere")}
     with pytest.raises(TrainingConfigError, match="nowhere: no such folder"):
         parse_training_config(raw, "cfg")
+    raw = tiny_raw()
+    raw["tasks"]["recog_ms1mv3"]["samples_per_step"] = 1
+    with pytest.raises(TrainingConfigError, match="BatchNorm needs at least 2 samples per process"):
+        build_trainer(parse_training_config(raw, "cfg"), str(tmp_path))
     spec = {"name": "points", "kind": "landmarks", "num_queries": 5, "input_size": 32}
     bad = {"pixel_values": torch.zeros(3, 32, 32), "labels": torch.zeros(4, 2)}
     with pytest.raises(TrainingConfigError, match=r"labels of shape \(4, 2\), a landmarks task needs \(5, 2\)"):

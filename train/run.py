@@ -150,6 +150,13 @@ def build_trainer(config: TrainingConfig, output_dir: str) -> FaceptorTrainer:
         per_device_train_batch_size=1,  # steps are whole multi-task batches; n_t lives in the task settings
         **{"max_steps": 1000, **config.training_arguments},
     )
+    for task, spec in zip(config.tasks, trained, strict=True):
+        per_process = task.samples_per_step // max(arguments.world_size, 1)
+        if spec["kind"] == "embedding" and per_process < 2 and model.identity_head.batch_norm1.weight.requires_grad:
+            raise TrainingConfigError(
+                f"{config.source}: task {task.name!r}: the identity head's BatchNorm needs at least 2 samples per "
+                f"process, got n_t = {task.samples_per_step} over {arguments.world_size} process(es)"
+            )
     return FaceptorTrainer(
         model=FaceptorTrainingModule(model, losses),
         args=arguments,
