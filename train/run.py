@@ -256,6 +256,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingConfigError as error:
         print(f"faceptor train: error: {error}", file=sys.stderr)
         return 2
+    try:
+        return finish_training(trainer, config, output_dir, resume)
+    finally:
+        # A process group left open makes gloo's threads abort the interpreter at exit.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def finish_training(trainer: FaceptorTrainer, config: TrainingConfig, output_dir: str, resume: str | None) -> int:
+    """Trains, saves the model, checks the replicas agree and writes the loss plot, log and metrics."""
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(output_dir)
     checksums = replica_checksums(trainer)
