@@ -275,3 +275,23 @@ def test_batched_decoding_equals_the_per_task_loop(scope):
             torch.testing.assert_close(
                 batched.task_outputs[spec["name"]], alone.task_outputs[spec["name"]], rtol=1e-5, atol=1e-5
             )
+
+
+def test_weights_missing_from_a_checkpoint_are_initialised_not_garbage(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = FaceptorModel(tiny_config(layer_embedding_scope="per_task"))
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    dropped = ["decoder.query_features.age_morph2", "decoder.query_position_embeddings.age_morph2",
+               "decoder.task_level_embeddings.age_morph2", "identity_head.batch_norm1.running_var",
+               "encoder.embeddings.position_embedding", "decoder.input_projections.1.weight"]  # fmt: skip
+    save_file({key: value for key, value in weights.items() if key not in dropped}, tmp_path / "model.safetensors")
+    loaded = FaceptorModel.from_pretrained(tmp_path)
+    state = loaded.state_dict()
+    assert all(torch.isfinite(state[key]).all() for key in dropped)
+    assert torch.equal(state["identity_head.batch_norm1.running_var"], torch.ones(32))
+    positions = state["decoder.query_position_embeddings.age_morph2"]
+    assert positions.min() >= 0 and positions.max() <= 1  # the official U(0, 1)
+    assert 0.5 < state["decoder.query_features.age_morph2"].std() < 1.5  # the official N(0, 1)
+    assert state["encoder.embeddings.position_embedding"].std() < 0.5  # width^-0.5 scale, not garbage
