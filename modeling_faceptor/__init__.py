@@ -4,17 +4,22 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_faceptor import FaceptorConfig, TaskSpec
+from .configuration_naive_faceptor import NaiveFaceptorConfig
 from .modeling_faceptor import FaceptorModel, FaceptorPreTrainedModel
+from .modeling_naive_faceptor import NaiveFaceptorModel, NaiveFaceptorPreTrainedModel
 from .outputs_faceptor import FaceptorOutput
 
 AutoConfig.register(FaceptorConfig.model_type, FaceptorConfig, exist_ok=True)
 AutoModel.register(FaceptorConfig, FaceptorModel, exist_ok=True)
+AutoConfig.register(NaiveFaceptorConfig.model_type, NaiveFaceptorConfig, exist_ok=True)
+AutoModel.register(NaiveFaceptorConfig, NaiveFaceptorModel, exist_ok=True)
 
 from .processing.image_processing_faceptor import FaceptorImageProcessor  # noqa: E402
 
-AutoImageProcessor.register(
-    FaceptorConfig, image_processor_classes={"torchvision": FaceptorImageProcessor}, exist_ok=True
-)
+for _config_class in (FaceptorConfig, NaiveFaceptorConfig):
+    AutoImageProcessor.register(
+        _config_class, image_processor_classes={"torchvision": FaceptorImageProcessor}, exist_ok=True
+    )
 
 from .processing.pipeline_faceptor import FacePerceptionPipeline  # noqa: E402
 
@@ -25,10 +30,13 @@ if "face-perception" not in PIPELINE_REGISTRY.supported_tasks:
 
 __all__ = [
     "FacePerceptionPipeline",
-    "FaceptorImageProcessor",
     "FaceptorConfig",
+    "FaceptorImageProcessor",
     "FaceptorModel",
     "FaceptorOutput",
     "FaceptorPreTrainedModel",
+    "NaiveFaceptorConfig",
+    "NaiveFaceptorModel",
+    "NaiveFaceptorPreTrainedModel",
     "TaskSpec",
 ]

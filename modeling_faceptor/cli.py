@@ -254,7 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("checkpoint", help="checkpoint file (or CLIPModel folder)")
         parser_.add_argument("output_dir", help="folder to write the model to")
         parser_.add_argument("--encoder-heads", type=int, help="encoder attention heads (default: width / 64)")
+    from .conversion_naive import add_convert_naive_command
+
+    add_convert_naive_command(sources)  # faceptor convert official-naive CKPT OUT_DIR
     convert.set_defaults(handler=command_convert)
+
+    from .parameter_table import add_compare_params_command
+
+    add_compare_params_command(commands)  # faceptor compare-params [PRESET | TASK ...]
 
     predict = commands.add_parser("predict", help="run every task on images; JSON lines out")
     predict.add_argument("images", nargs="+", help="image files or folders")

@@ -508,6 +508,10 @@ def convert_official_checkpoint(
     from safetensors.torch import save_file
 
     state_dict = official_state_dict(load_checkpoint_file(checkpoint_path), str(checkpoint_path))
+    if any(key.startswith("heads_module.heads.") for key in state_dict):
+        raise CheckpointError(
+            f"{checkpoint_path}: a Naive Faceptor checkpoint; convert it with `faceptor convert official-naive`"
+        )
     config = infer_official_config(state_dict, encoder_heads, decoder_heads, new_feature_layers)
     ours, losses, report = convert_official_state_dict(state_dict, config, keep_loss_weights)
     model = _build_model(config, ours)
