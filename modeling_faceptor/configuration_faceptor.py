@@ -107,7 +107,24 @@ class TaskSpec:
         return asdict(self)
 
 
-class FaceptorConfig(PreTrainedConfig):
+class TaskConfigMixin:
+    """What every Faceptor-family config derives from its `tasks` and encoder depth."""
+
+    @property
+    def task_specs(self) -> dict[str, TaskSpec]:
+        """The tasks by name, as [`TaskSpec`] objects, in config order."""
+        return {spec["name"]: TaskSpec.from_any(spec) for spec in self.tasks}
+
+    @property
+    def task_names(self) -> list[str]:
+        return [spec["name"] for spec in self.tasks]
+
+    @property
+    def top_layer(self) -> int:
+        return self.num_hidden_layers - 1
+
+
+class FaceptorConfig(TaskConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a [`FaceptorModel`]: a FaRL/CLIP ViT encoder, a transformer decoder with task-specific
     queries and Layer-Attention, a pixel decoder, and one output module per task category. The defaults
@@ -212,19 +229,6 @@ class FaceptorConfig(PreTrainedConfig):
             )
         if self.dense_mlp_layers < 1:
             raise ValueError("dense_mlp_layers must be at least 1.")
-
-    @property
-    def task_specs(self) -> dict[str, TaskSpec]:
-        """The tasks by name, as [`TaskSpec`] objects, in config order."""
-        return {spec["name"]: TaskSpec.from_any(spec) for spec in self.tasks}
-
-    @property
-    def task_names(self) -> list[str]:
-        return [spec["name"] for spec in self.tasks]
-
-    @property
-    def top_layer(self) -> int:
-        return self.num_hidden_layers - 1
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> FaceptorConfig:

@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from .configuration_faceptor import TaskSpec
+from .configuration_faceptor import TaskConfigMixin, TaskSpec
 from .task_presets import PRESETS
 
 # The official layers of the official 12-layer encoder (yaml `indices`, 0-based block outputs).
@@ -51,7 +51,7 @@ def official_task_groups(tasks: list[dict]) -> dict[str, list[str]]:
     return groups
 
 
-class NaiveFaceptorConfig(PreTrainedConfig):
+class NaiveFaceptorConfig(TaskConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a [`NaiveFaceptorModel`]: the FaRL/CLIP ViT encoder of [`FaceptorConfig`] and one
     standardized head per task group. The defaults are the official Naive Faceptor (ViT-B/16, the seven
@@ -184,19 +184,6 @@ class NaiveFaceptorConfig(PreTrainedConfig):
                 raise ValueError(
                     f"Task group {group!r} mixes the categories {kinds}; a standardized head serves one category."
                 )
-
-    @property
-    def task_specs(self) -> dict[str, TaskSpec]:
-        """The tasks by name, as [`TaskSpec`] objects, in config order."""
-        return {spec["name"]: TaskSpec.from_any(spec) for spec in self.tasks}
-
-    @property
-    def task_names(self) -> list[str]:
-        return [spec["name"] for spec in self.tasks]
-
-    @property
-    def top_layer(self) -> int:
-        return self.num_hidden_layers - 1
 
     @property
     def ordered_task_groups(self) -> dict[str, list[str]]:

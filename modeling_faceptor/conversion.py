@@ -478,12 +478,11 @@ def to_official_state_dict(state_dict: dict[str, torch.Tensor], config: Faceptor
     return official
 
 
-def _build_model(config: FaceptorConfig, state_dict: dict[str, torch.Tensor]):
-    """A model holding exactly `state_dict` (every parameter and buffer required)."""
-    from .modeling_faceptor import FaceptorModel
-
+def build_model_with_weights(model_class, config, state_dict: dict[str, torch.Tensor]):
+    """A `model_class(config)` holding exactly `state_dict` (every parameter and buffer required), built on the
+    meta device so no throw-away initialisation runs."""
     with torch.device("meta"):
-        model = FaceptorModel(config)
+        model = model_class(config)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(
@@ -514,7 +513,9 @@ def convert_official_checkpoint(
         )
     config = infer_official_config(state_dict, encoder_heads, decoder_heads, new_feature_layers)
     ours, losses, report = convert_official_state_dict(state_dict, config, keep_loss_weights)
-    model = _build_model(config, ours)
+    from .modeling_faceptor import FaceptorModel
+
+    model = build_model_with_weights(FaceptorModel, config, ours)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     FaceptorImageProcessor().save_pretrained(output_dir)

@@ -33,6 +33,7 @@ from .conversion import (
     _encoder_templates,
     _pack_attention,
     _split_packed_attention,
+    build_model_with_weights,
     load_checkpoint_file,
     official_state_dict,
 )
@@ -364,20 +365,6 @@ def to_official_naive_state_dict(
     return official
 
 
-def _build_model(config: NaiveFaceptorConfig, state_dict: dict[str, torch.Tensor]):
-    """A model holding exactly `state_dict` (every parameter and buffer required)."""
-    from .modeling_naive_faceptor import NaiveFaceptorModel
-
-    with torch.device("meta"):
-        model = NaiveFaceptorModel(config)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"converted weights do not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}"
-        )
-    return model.eval()
-
-
 def convert_official_naive_checkpoint(
     checkpoint_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -411,7 +398,9 @@ def convert_official_naive_checkpoint(
         dense_pool_scales=dense_pool_scales,
     )
     ours, losses, report = convert_official_naive_state_dict(state_dict, config, keep_loss_weights)
-    model = _build_model(config, ours)
+    from .modeling_naive_faceptor import NaiveFaceptorModel
+
+    model = build_model_with_weights(NaiveFaceptorModel, config, ours)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     FaceptorImageProcessor().save_pretrained(output_dir)
