@@ -250,3 +250,20 @@ def test_training_reads_a_real_dataset_layout(tmp_path):
     stream = trainer.task_streams[0].dataset
     assert len(stream) == 4 and stream[0]["pixel_values"].shape == (3, 32, 32)
     assert sorted(float(stream[i]["labels"]) for i in range(4)) == [23.0, 35.0, 51.0, 67.0]
+
+
+def test_naive_faceptor_trains_from_the_same_config(tmp_path):
+    raw = tiny_raw(max_steps=4)
+    raw["model"]["architecture"] = "naive"
+    del raw["tasks"]["biattr_celeba"]  # an untrained task: its head is frozen, not left without gradient
+    trainer = build_trainer(parse_training_config(copy.deepcopy(raw), "test"), str(tmp_path))
+    model = trainer.accelerator.unwrap_model(trainer.model).model
+    assert type(model).__name__ == "NaiveFaceptorModel"
+    before = model_state(trainer)
+    trainer.train()
+    changed = changed_parameters(before, model_state(trainer))
+    assert any(name.startswith("heads.") for name in changed) and any(name.startswith("encoder.") for name in changed)
+    assert not any(name.startswith("heads.biattr.") for name in changed)
+    raw["stage"] = {"mode": "prompt", "prompt_tasks": ["age_morph2"]}
+    with pytest.raises(TrainingConfigError, match="Naive Faceptor does not have"):
+        build_trainer(parse_training_config(raw, "test"), str(tmp_path / "prompt"))

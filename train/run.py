@@ -11,11 +11,13 @@ from collections.abc import Sequence
 
 import torch
 from safetensors.torch import load_file
-from transformers import TrainingArguments, set_seed
+from transformers import AutoModel, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..configuration_faceptor import FaceptorConfig
+from ..configuration_naive_faceptor import NaiveFaceptorConfig
 from ..modeling_faceptor import FaceptorModel
+from ..modeling_naive_faceptor import NaiveFaceptorModel
 from ..processing.image_processing_faceptor import FaceptorImageProcessor
 from .config import TrainingConfig, TrainingConfigError, load_training_config
 from .losses import FaceptorLoss
@@ -24,17 +26,23 @@ from .stages import freeze_for_mode
 from .synthetic import SyntheticTaskDataset
 from .trainer import LOSS_STATE_PREFIX, TRAINING_STATE_FILE, FaceptorTrainer, FaceptorTrainingModule
 
+ARCHITECTURES = {"faceptor": (FaceptorConfig, FaceptorModel), "naive": (NaiveFaceptorConfig, NaiveFaceptorModel)}
 
-def build_model(config: TrainingConfig) -> FaceptorModel:
+
+def build_model(config: TrainingConfig):
     settings = config.model
+    architecture = settings.get("architecture", "faceptor")
+    if architecture not in ARCHITECTURES:
+        raise TrainingConfigError(f"{config.source}: model.architecture must be one of {sorted(ARCHITECTURES)}")
+    config_class, model_class = ARCHITECTURES[architecture]
     if "pretrained" in settings:
-        model = FaceptorModel.from_pretrained(settings["pretrained"])
+        model = AutoModel.from_pretrained(settings["pretrained"])
     else:
         try:
-            model_config = FaceptorConfig.from_preset(settings["preset"], **settings.get("config", {}))
+            model_config = config_class.from_preset(settings["preset"], **settings.get("config", {}))
         except (TypeError, ValueError) as error:
             raise TrainingConfigError(f"{config.source}: model: {error}") from None
-        model = FaceptorModel(model_config)
+        model = model_class(model_config)
         if "farl" in settings:
             from ..conversion import convert_farl_state_dict, load_checkpoint_file
 
@@ -45,6 +53,8 @@ def build_model(config: TrainingConfig) -> FaceptorModel:
             ]
             if missing:
                 raise TrainingConfigError(f"{settings['farl']}: FaRL weights miss encoder keys {missing[:5]}")
+    if not hasattr(model, "decoder") and (settings.get("add_tasks") or config.open_layers):
+        raise TrainingConfigError(f"{config.source}: add_tasks and open_layers need Faceptor's task queries")
     for spec in settings.get("add_tasks", []):
         try:
             model.add_task(spec)
@@ -89,10 +99,19 @@ def build_dataset(config: TrainingConfig, task, spec: dict):
     return dataset
 
 
-def freeze_untrained(model: FaceptorModel, trained: Sequence[dict]) -> None:
+def freeze_untrained(model, trained: Sequence[dict]) -> None:
     """Parameters no trained task reaches get no gradient, so DDP need not look for unused ones."""
     kinds = {spec["category"] for spec in trained}
     names = {spec["name"] for spec in trained}
+    if hasattr(model, "task_parameter_names"):  # Naive Faceptor: each task's own part of its group's head
+        parameters = dict(model.named_parameters())
+        for task in model.config.task_names:
+            if task in names:
+                continue
+            for parameter_name, own in model.task_parameter_names(task).items():
+                if own == parameters[parameter_name].numel():
+                    parameters[parameter_name].requires_grad_(False)
+        return
     unreached = []
     if "identity" not in kinds:
         unreached.append("identity_head.")
@@ -116,6 +135,11 @@ def build_trainer(config: TrainingConfig, output_dir: str) -> FaceptorTrainer:
     if missing:
         raise TrainingConfigError(f"{config.source}: the model has no task {missing}; its tasks are {list(specs)}")
     trained = [specs[task.name].to_dict() for task in config.tasks]
+    if not hasattr(model, "decoder") and config.mode not in ("full", "decoder"):
+        raise TrainingConfigError(
+            f"{config.source}: stage.mode {config.mode!r} trains task queries or layer embeddings, which Naive "
+            "Faceptor does not have; use full or decoder (its heads)"
+        )
     try:
         freeze_for_mode(model, config.mode, config.prompt_tasks or None, new_levels=len(config.open_layers))
     except ValueError as error:
@@ -152,7 +176,9 @@ def build_trainer(config: TrainingConfig, output_dir: str) -> FaceptorTrainer:
     )
     for task, spec in zip(config.tasks, trained, strict=True):
         per_process = task.samples_per_step // max(arguments.world_size, 1)
-        if spec["kind"] == "embedding" and per_process < 2 and model.identity_head.batch_norm1.weight.requires_grad:
+        identity_head = getattr(model, "identity_head", None)  # Naive Faceptor's sits among its task heads
+        trains_batch_norm = identity_head is None or identity_head.batch_norm1.weight.requires_grad
+        if spec["kind"] == "embedding" and per_process < 2 and trains_batch_norm:
             raise TrainingConfigError(
                 f"{config.source}: task {task.name!r}: the identity head's BatchNorm needs at least 2 samples per "
                 f"process, got n_t = {task.samples_per_step} over {arguments.world_size} process(es)"
