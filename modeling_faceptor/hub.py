@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from transformers import AutoModel
 from transformers.dynamic_module_utils import custom_object_save
 
 from .configuration_faceptor import TASK_KIND_CATEGORY
@@ -291,9 +292,10 @@ def render_model_card(
         results=results,
         parameters=f"{model.num_parameters() / 1e6:.1f}M",
         encoder=f"{model.config.num_hidden_layers} layers of width {model.config.hidden_size}",
-        feature_layers=model.config.decoder_feature_layers,
-        layer_embedding_scope=model.config.layer_embedding_scope,
-        fingerprint=model.base_fingerprint(),
+        # Naive Faceptor has neither Layer-Attention nor query sets.
+        feature_layers=getattr(model.config, "decoder_feature_layers", None),
+        layer_embedding_scope=getattr(model.config, "layer_embedding_scope", None),
+        fingerprint=model.base_fingerprint() if hasattr(model, "base_fingerprint") else None,
         example_task=next((spec["name"] for spec in specs if spec["kind"] != "embedding"), names[0]),
         training_data=[{"name": name, "terms": DATASET_TERMS[name]} for name in known],
     )
@@ -486,7 +488,7 @@ def push_model_folder(
     model_dir = os.fspath(model_dir)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise ValueError(f"{model_dir}: not a model folder (no config.json)")
-    model = FaceptorModel.from_pretrained(model_dir, dtype="auto").eval()
+    model = AutoModel.from_pretrained(model_dir, dtype="auto").eval()  # Faceptor or Naive Faceptor
     image_processor = None
     if os.path.isfile(os.path.join(model_dir, "preprocessor_config.json")):
         image_processor = FaceptorImageProcessor.from_pretrained(model_dir)

@@ -501,3 +501,52 @@ def test_failed_push_leaves_the_folder_untouched_and_the_token_nowhere(hub, work
                 with open(os.path.join(root, name), "rb") as handle:
                     assert secret.encode() not in handle.read(), os.path.join(root, name)
     assert not hub.unknown, hub.unknown
+
+
+def test_naive_faceptor_pushes_and_loads_by_repo_id(hub, tmp_path):
+    """Naive Faceptor goes through the same push: remote code, pipeline and card (without query-set sections)."""
+    from conftest import TINY
+    from faceptor import NaiveFaceptorConfig, NaiveFaceptorModel
+
+    (tmp_path / "cwd").mkdir()
+    encoder = {key: TINY[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                           "intermediate_size", "position_grid_size", "projection_dim")}  # fmt: skip
+    config = NaiveFaceptorConfig.from_preset(
+        "faceptor-base", **encoder, dense_channels=8, attribute_hidden_size=16, identity_embedding_size=24
+    )
+    torch.manual_seed(0)
+    model = NaiveFaceptorModel(config).eval()
+    model.save_pretrained(tmp_path / "model")
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(pixel_values, tasks=["age_morph2", "align_300w"]).task_outputs
+    torch.save({"pixel_values": pixel_values, "expected": expected}, tmp_path / "io.pt")
+    repo = "tester/tiny-naive-faceptor"
+    run_client(
+        f"""
+        from faceptor.hub import push_model_folder
+        push_model_folder({str(tmp_path / "model")!r}, {repo!r})
+        """,
+        tmp_path,
+        hub,
+    )
+    card = hub.files(repo)["README.md"].decode()
+    assert "Naive Faceptor" in card and "query set" not in card
+    run_client(
+        f"""
+        import torch
+        from transformers import AutoModel, pipeline
+        model = AutoModel.from_pretrained({repo!r}, trust_remote_code=True).eval()
+        assert type(model).__name__ == "NaiveFaceptorModel"
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        with torch.no_grad():
+            out = model(io["pixel_values"], tasks=["age_morph2", "align_300w"]).task_outputs
+        for name, value in io["expected"].items():
+            assert torch.equal(out[name], value), name
+        face = pipeline(model={repo!r}, trust_remote_code=True)
+        assert type(face).__name__ == "FacePerceptionPipeline"
+        """,
+        tmp_path,
+        hub,
+        fresh=True,
+    )
