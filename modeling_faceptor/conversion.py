@@ -330,6 +330,28 @@ def _count_indices(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
+def infer_encoder_sizes(
+    state_dict: dict[str, torch.Tensor], encoder_heads: int | None = None, prefix: str = "backbone_module.visual."
+) -> dict[str, int | None]:
+    """The encoder's config values read off an official (or FaRL) state dict. Head counts are not visible in
+    the weights: the default is FaRL's (width / 64, 16 for the 1280-wide ViT-H)."""
+    patch_weight = state_dict[prefix + "conv1.weight"]
+    hidden_size = patch_weight.shape[0]
+    projection = state_dict.get(prefix + "proj")
+    if encoder_heads is None:
+        encoder_heads = 16 if hidden_size == 1280 else max(hidden_size // 64, 1)
+    return {
+        "hidden_size": hidden_size,
+        "num_hidden_layers": _count_indices(state_dict, prefix + "transformer.resblocks."),
+        "num_attention_heads": encoder_heads,
+        "intermediate_size": state_dict[prefix + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        "patch_size": patch_weight.shape[-1],
+        "num_channels": patch_weight.shape[1],
+        "position_grid_size": math.isqrt(state_dict[prefix + "positional_embedding"].shape[0] - 1),
+        "projection_dim": None if projection is None else projection.shape[1],
+    }
+
+
 def infer_official_config(
     state_dict: dict[str, torch.Tensor],
     encoder_heads: int | None = None,
@@ -342,15 +364,8 @@ def infer_official_config(
     the 1280-wide ViT-H), the decoder's the official 8. The layers of stage 2's extra levels are not stored
     either: the default is the official `[1, 3, 5, 7, 9]`.
     """
-    visual = "backbone_module.visual."
-    patch_weight = state_dict[visual + "conv1.weight"]
-    hidden_size = patch_weight.shape[0]
-    num_layers = _count_indices(state_dict, visual + "transformer.resblocks.")
-    if encoder_heads is None:
-        encoder_heads = 16 if hidden_size == 1280 else max(hidden_size // 64, 1)
-    positions = state_dict[visual + "positional_embedding"].shape[0]
-    grid = math.isqrt(positions - 1)
-    proj = state_dict.get(visual + "proj")
+    encoder = infer_encoder_sizes(state_dict, encoder_heads)
+    num_layers = encoder["num_hidden_layers"]
     decoder_width = None
     for key in (_DECODER + "level_embed.weight", _DECODER + "adapt_pos2d.0.weight"):
         if key in state_dict:
@@ -374,14 +389,7 @@ def infer_official_config(
             raise CheckpointError(f"{len(new_feature_layers)} new feature layers given for {num_new_levels} levels")
         feature_layers = feature_layers + list(new_feature_layers)
     values = dict(
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=encoder_heads,
-        intermediate_size=state_dict[visual + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        patch_size=patch_weight.shape[-1],
-        num_channels=patch_weight.shape[1],
-        position_grid_size=grid,
-        projection_dim=None if proj is None else proj.shape[1],
+        **encoder,
         decoder_feature_layers=feature_layers or [top],
         layer_embedding_scope="shared",
         tasks=_task_specs_from_official(state_dict),

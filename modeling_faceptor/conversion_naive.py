@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from .conversion import (
     _pack_attention,
     _split_packed_attention,
     build_model_with_weights,
+    infer_encoder_sizes,
     load_checkpoint_file,
     official_state_dict,
 )
@@ -247,13 +247,7 @@ def infer_official_naive_config(
     visual = "backbone_module.visual."
     if visual + "conv1.weight" not in state_dict:
         raise CheckpointError("not an official Naive Faceptor checkpoint: no 'backbone_module.visual.conv1.weight'")
-    patch_weight = state_dict[visual + "conv1.weight"]
-    hidden_size = patch_weight.shape[0]
-    num_layers = _count_indices(state_dict, visual + "transformer.resblocks.")
-    if encoder_heads is None:
-        encoder_heads = 16 if hidden_size == 1280 else max(hidden_size // 64, 1)
-    grid = math.isqrt(state_dict[visual + "positional_embedding"].shape[0] - 1)
-    proj = state_dict.get(visual + "proj")
+    encoder = infer_encoder_sizes(state_dict, encoder_heads)
     categories = _official_groups(state_dict)
     unknown = sorted(set(task_groups or {}) - set(categories))
     if unknown:
@@ -282,14 +276,7 @@ def infer_official_naive_config(
         if len(values) > 1:
             raise CheckpointError(f"heads of one kind differ in {name} ({sorted(values)}); the config shares it")
     values = dict(
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=encoder_heads,
-        intermediate_size=state_dict[visual + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        patch_size=patch_weight.shape[-1],
-        num_channels=patch_weight.shape[1],
-        position_grid_size=grid,
-        projection_dim=None if proj is None else proj.shape[1],
+        **encoder,
         dense_feature_layers=dense_feature_layers,
         attribute_feature_layers=attribute_feature_layers,
         identity_feature_layer=identity_feature_layer,
