@@ -59,13 +59,6 @@ def command_summary(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {count / 1e6:>8.3f}M")
 
 
-def _layer_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
-
-
 def command_convert(args: argparse.Namespace) -> None:
     from .conversion import CheckpointError, convert_farl, convert_official_checkpoint
 
@@ -234,6 +227,8 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .conversion import layer_list
+
     parser = argparse.ArgumentParser(prog="faceptor", description="Faceptor: one model for every face task.")
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser("summary", help="parameter counts of a preset or a saved model")
@@ -246,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--keep-loss-weights", action="store_true", help="also save the loss module's weights")
     official.add_argument("--decoder-heads", type=int, default=8, help="decoder attention heads (official: 8)")
     official.add_argument(
-        "--new-feature-layers", type=_layer_list, help="stage-2 levels' encoder layers (official: 1,3,5,7,9)"
+        "--new-feature-layers", type=layer_list, help="stage-2 levels' encoder layers (official: 1,3,5,7,9)"
     )
     farl = sources.add_parser("farl", help="FaRL weights (.pth) or the same in Transformers CLIPModel layout")
     farl.add_argument("--preset", default="faceptor-base", help="tasks and decoder of the new model")

@@ -486,9 +486,14 @@ def to_official_state_dict(state_dict: dict[str, torch.Tensor], config: Faceptor
     return official
 
 
-def build_model_with_weights(model_class, config, state_dict: dict[str, torch.Tensor]):
-    """A `model_class(config)` holding exactly `state_dict` (every parameter and buffer required), built on the
-    meta device so no throw-away initialisation runs."""
+def save_converted_model(
+    model_class, config, state_dict: dict[str, torch.Tensor], losses: dict[str, torch.Tensor], output_dir
+) -> None:
+    """Writes a `model_class(config)` holding exactly `state_dict` (every parameter and buffer required; built
+    on the meta device, so no throw-away initialisation runs) as a `save_pretrained` folder with the default
+    image processor, and the loss module's tensors, if any, as `training_state.safetensors`."""
+    from safetensors.torch import save_file
+
     with torch.device("meta"):
         model = model_class(config)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
@@ -496,7 +501,21 @@ def build_model_with_weights(model_class, config, state_dict: dict[str, torch.Te
         raise CheckpointError(
             f"converted weights do not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}"
         )
-    return model.eval()
+    output_dir = Path(output_dir)
+    model.eval().save_pretrained(output_dir)
+    FaceptorImageProcessor().save_pretrained(output_dir)
+    if losses:
+        save_file({key: value.contiguous() for key, value in losses.items()}, output_dir / "training_state.safetensors")
+
+
+def layer_list(text: str) -> list[int]:
+    """`"1,3,5"` -> `[1, 3, 5]`, as an argparse type for the converters' layer options."""
+    import argparse
+
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
 
 
 def convert_official_checkpoint(
@@ -512,8 +531,6 @@ def convert_official_checkpoint(
     With `keep_loss_weights`, the loss module's tensors (e.g. the CosFace class matrix) are written beside
     the model as `training_state.safetensors` under their official names, for resuming training.
     """
-    from safetensors.torch import save_file
-
     state_dict = official_state_dict(load_checkpoint_file(checkpoint_path), str(checkpoint_path))
     if any(key.startswith("heads_module.heads.") for key in state_dict):
         raise CheckpointError(
@@ -523,12 +540,7 @@ def convert_official_checkpoint(
     ours, losses, report = convert_official_state_dict(state_dict, config, keep_loss_weights)
     from .modeling_faceptor import FaceptorModel
 
-    model = build_model_with_weights(FaceptorModel, config, ours)
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    FaceptorImageProcessor().save_pretrained(output_dir)
-    if losses:
-        save_file({key: value.contiguous() for key, value in losses.items()}, output_dir / "training_state.safetensors")
+    save_converted_model(FaceptorModel, config, ours, losses, output_dir)
     return report
 
 

@@ -18,7 +18,6 @@ import itertools
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -32,12 +31,12 @@ from .conversion import (
     _encoder_templates,
     _pack_attention,
     _split_packed_attention,
-    build_model_with_weights,
     infer_encoder_sizes,
+    layer_list,
     load_checkpoint_file,
     official_state_dict,
+    save_converted_model,
 )
-from .processing.image_processing_faceptor import FaceptorImageProcessor
 from .task_presets import FULL_TASKS, OFFICIAL_TASKS
 
 HEADS = "heads_module.heads."
@@ -367,8 +366,6 @@ def convert_official_naive_checkpoint(
     and the image processor). With `keep_loss_weights`, the loss module's tensors (the CosFace class matrix)
     are written beside the model as `training_state.safetensors` under their official names. The report tells
     what was dropped and, per head group, how its tasks were found."""
-    from safetensors.torch import save_file
-
     state_dict = official_state_dict(load_checkpoint_file(checkpoint_path), str(checkpoint_path))
     if not is_official_naive_state_dict(state_dict):
         raise CheckpointError(
@@ -387,26 +384,12 @@ def convert_official_naive_checkpoint(
     ours, losses, report = convert_official_naive_state_dict(state_dict, config, keep_loss_weights)
     from .modeling_naive_faceptor import NaiveFaceptorModel
 
-    model = build_model_with_weights(NaiveFaceptorModel, config, ours)
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    FaceptorImageProcessor().save_pretrained(output_dir)
-    if losses:
-        save_file({key: value.contiguous() for key, value in losses.items()}, output_dir / "training_state.safetensors")
+    save_converted_model(NaiveFaceptorModel, config, ours, losses, output_dir)
     report.groups = found
     return report
 
 
 # ----------------------------------------------------------------------------------------------- command line
-
-
-def _layers(text: str) -> list[int]:
-    import argparse
-
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
 
 
 def _task_group(text: str) -> tuple[str, list[str]]:
@@ -455,8 +438,8 @@ def add_convert_naive_command(sources):
         metavar="GROUP=TASK[,TASK...]",
         help="the official task names of a head, in channel order (needed when a dense head's size is ambiguous)",
     )
-    parser.add_argument("--dense-layers", type=_layers, help="layers the dense heads read (official: 3,5,7,11)")
-    parser.add_argument("--attribute-layers", type=_layers, help="attribute heads' layers (official: 5,7,9,11)")
+    parser.add_argument("--dense-layers", type=layer_list, help="layers the dense heads read (official: 3,5,7,11)")
+    parser.add_argument("--attribute-layers", type=layer_list, help="attribute heads' layers (official: 5,7,9,11)")
     parser.add_argument("--identity-layer", type=int, help="the identity heads' layer (official: 11)")
     parser.set_defaults(handler=_command_convert_naive)
     return parser
