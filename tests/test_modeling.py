@@ -1,14 +1,10 @@
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 from transformers import AutoModel
 
-from conftest import tiny_config
+from conftest import assert_loads_as_remote_code, tiny_config
 from faceptor import FaceptorConfig, FaceptorModel
 
 
@@ -212,32 +208,7 @@ def test_remote_code_loads_in_a_fresh_process_without_the_package(tmp_path):
         "AutoModel": "modeling_faceptor.FaceptorModel",
     }
     assert (tmp_path / "model" / "modeling_faceptor.py").exists()
-    pixel_values = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = model(pixel_values).task_outputs
-    torch.save({"pixel_values": pixel_values, "expected": expected}, tmp_path / "io.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys, torch
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
-        assert "faceptor" not in sys.modules, "the package was imported"
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        io = torch.load({str(tmp_path / "io.pt")!r})
-        with torch.no_grad():
-            out = model(io["pixel_values"]).task_outputs
-        for name, value in io["expected"].items():
-            assert torch.equal(out[name], value), name
-        print("remote-code-ok", len(out))
-        """
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    # Run from an empty folder with no site path to our sources, so only the saved files can be used.
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "remote-code-ok 7" in result.stdout
+    assert_loads_as_remote_code(model, tmp_path / "model", tmp_path)
 
 
 def test_task_samples_decode_each_task_on_its_own_rows():

@@ -1,11 +1,7 @@
 import argparse
 import json
-import os
 import random
 import re
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
-from conftest import TINY
+from conftest import TINY, assert_loads_as_remote_code
 from faceptor import FaceptorImageProcessor
 from faceptor.cli import CommandError
 from faceptor.configuration_naive_faceptor import NaiveFaceptorConfig
@@ -380,31 +376,7 @@ def test_remote_code_loads_in_a_fresh_process_without_the_package(tmp_path):
         "AutoModel": "modeling_naive_faceptor.NaiveFaceptorModel",
     }
     assert (tmp_path / "model" / "modeling_faceptor.py").exists()  # the shared encoder travels along
-    pixel_values = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = model(pixel_values).task_outputs
-    torch.save({"pixel_values": pixel_values, "expected": expected}, tmp_path / "io.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys, torch
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
-        assert "faceptor" not in sys.modules, "the package was imported"
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        io = torch.load({str(tmp_path / "io.pt")!r})
-        with torch.no_grad():
-            out = model(io["pixel_values"]).task_outputs
-        for name, value in io["expected"].items():
-            assert torch.equal(out[name], value), name
-        print("remote-code-ok", len(out))
-        """
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "remote-code-ok 7" in result.stdout
+    assert_loads_as_remote_code(model, tmp_path / "model", tmp_path)
 
 
 def test_the_face_perception_pipeline_serves_naive_faceptor_unchanged(tmp_path):
