@@ -21,11 +21,17 @@ for _config_class in (FaceptorConfig, NaiveFaceptorConfig):
         _config_class, image_processor_classes={"torchvision": FaceptorImageProcessor}, exist_ok=True
     )
 
+from .default_model import DEMO_MODEL_DIR  # noqa: E402
 from .processing.pipeline_faceptor import FacePerceptionPipeline  # noqa: E402
 
 if "face-perception" not in PIPELINE_REGISTRY.supported_tasks:
+    # With no model named, the pipeline loads the bundled demo model (transformers says so in a warning).
     PIPELINE_REGISTRY.register_pipeline(
-        "face-perception", pipeline_class=FacePerceptionPipeline, pt_model=AutoModel, type="image"
+        "face-perception",
+        pipeline_class=FacePerceptionPipeline,
+        pt_model=AutoModel,
+        default={"model": (str(DEMO_MODEL_DIR), None)},
+        type="image",
     )
 
 __all__ = [

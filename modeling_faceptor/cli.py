@@ -123,7 +123,16 @@ def command_predict(args: argparse.Namespace) -> int:
     from .processing.image_loading import load_image
 
     images = expand_inputs(args.images)
-    face_pipeline = load_pipeline(args.model, args.device, args.dtype)
+    model = args.model
+    if model is None:
+        from .default_model import announce_demo_model, demo_model_path
+
+        try:
+            model = demo_model_path()
+        except FileNotFoundError as error:
+            raise CommandError(str(error)) from None
+        announce_demo_model()
+    face_pipeline = load_pipeline(model, args.device, args.dtype)
     if args.tasks:
         try:
             face_pipeline.task_specs(args.tasks)
@@ -260,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="run every task on images; JSON lines out")
     predict.add_argument("images", nargs="+", help="image files or folders")
-    predict.add_argument("--model", required=True, help="Faceptor model folder")
+    predict.add_argument("--model", help="Faceptor model folder (default: the bundled demo model)")
     predict.add_argument("--tasks", nargs="+", help="task names (default: all the model's tasks)")
     predict.add_argument("--output", help="write JSON lines here instead of standard output")
     predict.add_argument("--visualize", metavar="OUT_DIR", help="write a picture of each result here")
@@ -302,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `faceptor train ...` is handed whole to faceptor.train.run (see main); listed here for --help.
     commands.add_parser("train", help="multi-task training from a YAML config: faceptor train --config CFG")
+    commands.add_parser("distill", help="rebuild the bundled demo model: faceptor distill all OUT --install")
     return parser
 
 
@@ -311,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .train.run import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["distill"]:
+        from .train.distill.cli import main as distill_main
+
+        return distill_main(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):
         from transformers.utils import logging as transformers_logging

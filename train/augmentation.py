@@ -307,11 +307,11 @@ def image_to_tensor(image) -> torch.Tensor:
 def _as_mask(mask) -> torch.Tensor:
     if isinstance(mask, torch.Tensor):
         return mask.squeeze()
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(mask))).squeeze()
+    return torch.from_numpy(np.array(mask)).squeeze()  # a writable copy (PIL hands out read-only buffers)
 
 
 def _label_tensor(kind: str, label) -> torch.Tensor:
-    if kind == "age":
+    if kind == "age" or (kind == "embedding" and np.ndim(label) > 0):  # a teacher's embedding, not an identity
         return torch.as_tensor(np.asarray(label), dtype=torch.float32)
     return torch.as_tensor(np.asarray(label), dtype=torch.long)
 

@@ -31,6 +31,9 @@ TRAINING_DEFAULTS = {
 }
 
 
+EMBEDDING_LOSSES = ("cosface", "teacher")
+
+
 class TrainingConfigError(ValueError):
     """A training configuration that cannot work, named before training starts."""
 
@@ -43,6 +46,7 @@ class TaskTrainingConfig:
     data: dict[str, Any]
     num_identities: int | None = None
     eval: dict[str, Any] | None = None  # the data scored after training: {reader, root, split}
+    embedding_loss: str = "cosface"  # identity tasks: "cosface" (identity labels) or "teacher" (embeddings)
 
 
 @dataclass
@@ -89,7 +93,7 @@ def parse_training_config(raw: dict[str, Any], source: str = "<dict>", check_pat
     for name, settings in tasks_raw.items():
         where = f"{source}: task {name!r}"
         _require(isinstance(settings, dict), where, "settings must be a mapping")
-        extra = set(settings) - {"samples_per_step", "weight", "data", "num_identities", "eval"}
+        extra = set(settings) - {"samples_per_step", "weight", "data", "num_identities", "eval", "embedding_loss"}
         _require(not extra, where, f"unknown settings {sorted(extra)}")
         samples = settings.get("samples_per_step")
         _require(
@@ -116,7 +120,17 @@ def parse_training_config(raw: dict[str, Any], source: str = "<dict>", check_pat
                 _require(isinstance(evaluation, dict) and key in evaluation, where, f"eval needs '{key}'")
             if check_paths:
                 _require(os.path.exists(evaluation["root"]), where, f"eval root {evaluation['root']}: no such folder")
-        tasks.append(TaskTrainingConfig(name, samples, float(weight), data, settings.get("num_identities"), evaluation))
+        embedding_loss = settings.get("embedding_loss", "cosface")
+        _require(
+            embedding_loss in EMBEDDING_LOSSES,
+            where,
+            f"embedding_loss must be one of {EMBEDDING_LOSSES}, got {embedding_loss!r}",
+        )
+        tasks.append(
+            TaskTrainingConfig(
+                name, samples, float(weight), data, settings.get("num_identities"), evaluation, embedding_loss
+            )
+        )
     _require(sum(task.weight for task in tasks) > 0, source, "at least one task needs a positive weight")
     training = raw.get("training") or {}
     extra = set(training) - TRAINING_KEYS - {"head_lr_multiplier"}

@@ -43,7 +43,12 @@ class TaskDataset(Dataset):
 
 
 def build_task_dataset(spec: dict, reader: str, root: str, split: str, train: bool = True) -> TaskDataset:
-    """The `split` of the dataset `reader` under `root` prepared for the task `spec` (a task spec dict)."""
+    """The `split` of the dataset `reader` under `root` prepared for the task `spec` (a task spec dict);
+    reader `distill` is a dataset written by `faceptor distill data`."""
+    if reader == "distill":
+        from .distill.data import build_distill_task_dataset
+
+        return build_distill_task_dataset(spec, root, split, train)
     rows = load_face_dataset(reader, root, split)
     builder = build_train_transform if train else build_eval_transform
     return TaskDataset(rows, spec["kind"], builder(spec["kind"], spec["input_size"], reader))

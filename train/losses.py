@@ -106,8 +106,20 @@ class CosFaceLoss(nn.Module):
         return {"loss": F.cross_entropy(self.scale * (cosine - margins), labels.long())}
 
 
+def teacher_embedding_loss(embeddings: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Embedding distillation: `(B, D)` student and teacher embeddings of the same faces -> 1 - their cosine
+    (the student takes the teacher's directions) plus the squared error between the two batches' cosine
+    similarity matrices (the student keeps the teacher's distances between faces)."""
+    student = F.normalize(embeddings.float(), dim=1, eps=1e-8)
+    target = F.normalize(teacher.float(), dim=1, eps=1e-8)
+    direction = (1 - (student * target).sum(dim=1)).mean()
+    relation = (student @ student.t() - target @ target.t()).square().mean()
+    return {"loss": direction + relation, "direction": direction, "relation": relation}
+
+
 def task_loss(kind: str, output: torch.Tensor, labels: torch.Tensor, input_size: int) -> dict[str, torch.Tensor]:
-    """The loss of one task kind (not `embedding`, whose loss has parameters: see [`FaceptorLoss`])."""
+    """The loss of one task kind; `embedding` here only with a teacher's embeddings as labels (the CosFace
+    loss of identity labels has parameters: see [`FaceptorLoss`])."""
     if kind == "landmarks":
         return landmark_loss(output, labels, input_size)
     if kind == "parsing":
@@ -118,12 +130,15 @@ def task_loss(kind: str, output: torch.Tensor, labels: torch.Tensor, input_size:
         return expression_loss(output, labels)
     if kind == "multilabel":
         return attribute_loss(output, labels)
+    if kind == "embedding" and labels.is_floating_point():
+        return teacher_embedding_loss(output, labels)
     raise ValueError(f"No parameter-free loss for task kind {kind!r}.")
 
 
 class FaceptorLoss(nn.Module):
     """All tasks' losses and their total, paper Eq. 8: sum_t alpha_t * L_t / sum_t alpha_t, each L_t the mean
-    over its n_t samples. Identity tasks own a CosFace class matrix (`losses.<task>.classifier`)."""
+    over its n_t samples. Identity tasks own a CosFace class matrix (`losses.<task>.classifier`), except those
+    in `teacher_embedding_tasks`, whose labels are a teacher's embeddings (`teacher_embedding_loss`)."""
 
     def __init__(
         self,
@@ -131,6 +146,7 @@ class FaceptorLoss(nn.Module):
         weights: Mapping[str, float],
         identity_classes: Mapping[str, int] | None = None,
         embedding_size: int = 512,
+        teacher_embedding_tasks: Sequence[str] = (),
     ):
         super().__init__()
         self.specs = {name: dict(spec) for name, spec in specs.items()}
@@ -139,7 +155,7 @@ class FaceptorLoss(nn.Module):
             raise ValueError(f"Task weights must be non-negative and not all zero, got {self.weights}.")
         self.losses = nn.ModuleDict()
         for name, spec in self.specs.items():
-            if spec["kind"] == "embedding":
+            if spec["kind"] == "embedding" and name not in teacher_embedding_tasks:
                 classes = (identity_classes or {}).get(name)
                 if not classes:
                     raise ValueError(f"Identity task {name!r} needs its number of identities for the CosFace loss.")

@@ -65,8 +65,11 @@ def build_model(config: TrainingConfig):
     return model
 
 
-def check_sample(spec: dict, sample: dict, num_identities: int | None, where: str) -> None:
-    """The first sample of a task's dataset has the label shape and range the task's loss needs."""
+def check_sample(
+    spec: dict, sample: dict, num_identities: int | None, where: str, teacher_embedding_size: int | None = None
+) -> None:
+    """The first sample of a task's dataset has the label shape and range the task's loss needs
+    (`teacher_embedding_size`: an identity task learning a teacher's embeddings of that size)."""
     if not isinstance(sample, dict) or "pixel_values" not in sample or "labels" not in sample:
         raise TrainingConfigError(f"{where}: samples must be dicts with 'pixel_values' and 'labels'")
     pixels, labels = sample["pixel_values"], torch.as_tensor(sample["labels"])
@@ -75,6 +78,8 @@ def check_sample(spec: dict, sample: dict, num_identities: int | None, where: st
         raise TrainingConfigError(f"{where}: pixel_values of shape {tuple(pixels.shape)}, expected (3, {size}, {size})")
     kind, queries = spec["kind"], spec["num_queries"]
     expected = {"landmarks": (queries, 2), "parsing": (size, size), "multilabel": (queries,)}.get(kind, ())
+    if teacher_embedding_size is not None:
+        expected, num_identities = (teacher_embedding_size,), None
     if tuple(labels.shape) != expected:
         raise TrainingConfigError(f"{where}: labels of shape {tuple(labels.shape)}, a {kind} task needs {expected}")
     limit = {"classification": queries, "parsing": queries, "embedding": num_identities}.get(kind)
@@ -82,7 +87,7 @@ def check_sample(spec: dict, sample: dict, num_identities: int | None, where: st
         raise TrainingConfigError(f"{where}: labels outside 0..{limit - 1}")
 
 
-def build_dataset(config: TrainingConfig, task, spec: dict):
+def build_dataset(config: TrainingConfig, task, spec: dict, teacher_embedding_size: int | None = None):
     where = f"{config.source}: task {task.name!r}"
     data = task.data
     if "synthetic" in data:
@@ -95,7 +100,8 @@ def build_dataset(config: TrainingConfig, task, spec: dict):
         dataset = build_task_dataset(spec, data["reader"], data["root"], data["split"], train=True)
     if len(dataset) == 0:
         raise TrainingConfigError(f"{where}: the dataset is empty")
-    check_sample(spec, dataset[0], task.num_identities or data.get("synthetic", {}).get("num_identities", 4), where)
+    identities = task.num_identities or data.get("synthetic", {}).get("num_identities", 4)
+    check_sample(spec, dataset[0], identities, where, teacher_embedding_size)
     return dataset
 
 
@@ -145,19 +151,26 @@ def build_trainer(config: TrainingConfig, output_dir: str) -> FaceptorTrainer:
     except ValueError as error:
         raise TrainingConfigError(f"{config.source}: stage: {error}") from None
     freeze_untrained(model, trained)
+    teacher_tasks = [task.name for task in config.tasks if task.embedding_loss == "teacher"]
+    embedding_size = model.config.identity_embedding_size
     streams = [
-        TaskStream(task.name, build_dataset(config, task, spec), task.samples_per_step)
+        TaskStream(
+            task.name,
+            build_dataset(config, task, spec, embedding_size if task.name in teacher_tasks else None),
+            task.samples_per_step,
+        )
         for task, spec in zip(config.tasks, trained, strict=True)
     ]
     identity_classes = {}
     for task, spec in zip(config.tasks, trained, strict=True):
-        if spec["kind"] == "embedding":
+        if spec["kind"] == "embedding" and task.name not in teacher_tasks:
             identity_classes[task.name] = task.num_identities or task.data.get("synthetic", {}).get("num_identities", 4)
     losses = FaceptorLoss(
         {spec["name"]: spec for spec in trained},
         {task.name: task.weight for task in config.tasks},
         identity_classes,
-        model.config.identity_embedding_size,
+        embedding_size,
+        teacher_tasks,
     )
     state_file = os.path.join(config.model.get("pretrained", ""), TRAINING_STATE_FILE)
     if "pretrained" in config.model and os.path.exists(state_file):

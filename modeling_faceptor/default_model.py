@@ -1,0 +1,33 @@
+"""The demo model installed with the package: what `faceptor predict` and `pipeline("face-perception")` use
+when no model is named. A small Faceptor distilled from teacher models on registry packages' faces (see its
+card, `demo_model/README.md`); the paper's accuracy needs the converted official weights."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+DEMO_MODEL_NOTE = (
+    "no model named: using the bundled demo model (small, distilled from teacher models; "
+    "pass --model with converted official weights for the paper's accuracy)"
+)
+_announced = False
+
+
+def demo_model_path() -> str:
+    """The bundled demo model's folder; FileNotFoundError when this install lacks it."""
+    if not (DEMO_MODEL_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{DEMO_MODEL_DIR}: the bundled demo model is missing; rebuild it with `faceptor distill all "
+            "outputs/distill --install` or name a model folder."
+        )
+    return str(DEMO_MODEL_DIR)
+
+
+def announce_demo_model(prefix: str = "faceptor") -> None:
+    """Says once per process, on standard error, that the demo model stands in for a named one."""
+    global _announced
+    if not _announced:
+        print(f"{prefix}: {DEMO_MODEL_NOTE}", file=sys.stderr)
+        _announced = True

