@@ -133,6 +133,9 @@ def command_predict(args: argparse.Namespace) -> int:
             raise CommandError(str(error)) from None
         announce_demo_model()
     face_pipeline = load_pipeline(model, args.device, args.dtype)
+    if args.compile:
+        # In place (Module.compile), so the weights keep their names; each new crop size compiles once.
+        face_pipeline.model.encoder.compile()
     if args.tasks:
         try:
             face_pipeline.task_specs(args.tasks)
@@ -278,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", help="torch device, e.g. cuda:0 (default: CPU)")
     predict.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                          help="weights and activations; bfloat16 is faster on recent CPUs and GPUs")  # fmt: skip
+    predict.add_argument("--compile", action="store_true",
+                         help="torch.compile the encoder: slow first batch, then faster")  # fmt: skip
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=command_predict)
 

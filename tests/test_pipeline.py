@@ -241,3 +241,18 @@ def test_warped_parsing_crops_in_the_pipeline(model_dir, astronaut, tmp_path):
     assert (mask[:, :100] != 0).any()
     x0, y0, x1, y1 = ASTRONAUT_FACE
     assert all(x0 <= x <= x1 and y0 <= y <= y1 for x, y in face["landmarks"])
+
+
+def test_cli_predict_compile_gives_the_eager_results(model_dir, astronaut, tmp_path):
+    from faceptor import cli
+
+    image = tmp_path / "face.png"
+    Image.fromarray(astronaut[:200, 150:350]).save(image)
+    outputs = {}
+    for flag in ([], ["--compile"]):
+        target = tmp_path / f"out{len(flag)}.jsonl"
+        arguments = ["predict", str(image), "--model", str(model_dir), "--no-detector", "--output", str(target)]
+        assert cli.main([*arguments, "--tasks", "age_morph2", "align_300w", "--quiet", *flag]) == 0
+        outputs[bool(flag)] = json.loads(target.read_text())["faces"][0]
+    assert outputs[True]["age"] == pytest.approx(outputs[False]["age"], abs=1e-3)
+    np.testing.assert_allclose(outputs[True]["landmarks"], outputs[False]["landmarks"], atol=1e-2)
