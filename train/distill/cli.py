@@ -38,10 +38,17 @@ def command_train(args: argparse.Namespace) -> int:
         raw["training"]["max_steps"] = args.max_steps
     config = parse_training_config(raw, str(args.config))
     output_dir = os.path.join(args.output, "model")
+    resume = None
+    if args.resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if resume is None:
+            raise FileNotFoundError(f"{output_dir}: no checkpoint to resume from")
     trainer = build_trainer(config, output_dir)
     dense_size = max(spec["input_size"] for spec in config.model["config"]["tasks"])
     trainer.processing_class = FaceptorImageProcessor(dense_size=dense_size)
-    return finish_training(trainer, config, output_dir, None)
+    return finish_training(trainer, config, output_dir, resume)
 
 
 def command_evaluate(args: argparse.Namespace) -> None:
@@ -104,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--config", default=str(CONFIG), help="training config (YAML)")
         command.add_argument("--max-steps", type=int, help="override the config's training steps")
         command.add_argument("--install", action="store_true", help="(all) install the result as the default")
+        command.add_argument("--resume", action="store_true", help="(train) continue from the last checkpoint")
         command.add_argument("--quiet", action="store_true", help="no progress bars")
         command.set_defaults(handler=handler)
     return parser
