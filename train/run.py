@@ -277,6 +277,14 @@ def final_metrics(trainer: FaceptorTrainer, config: TrainingConfig) -> dict[str,
     return results
 
 
+def last_checkpoint(output_dir: str) -> str:
+    """The newest checkpoint folder in `output_dir`, for `--resume`."""
+    checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if checkpoint is None:
+        raise TrainingConfigError(f"{output_dir}: no checkpoint to resume from")
+    return checkpoint
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faceptor train", description="Multi-task training of Faceptor.")
     parser.add_argument("--config", required=True, help="YAML training config")
@@ -286,11 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_training_config(args.config)
         output_dir = args.output_dir or os.path.join("outputs", os.path.splitext(os.path.basename(args.config))[0])
-        resume = None
-        if args.resume:
-            resume = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-            if resume is None:
-                raise TrainingConfigError(f"{output_dir}: no checkpoint to resume from")
+        resume = last_checkpoint(output_dir) if args.resume else None
         trainer = build_trainer(config, output_dir)
     except TrainingConfigError as error:
         print(f"faceptor train: error: {error}", file=sys.stderr)

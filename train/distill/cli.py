@@ -29,7 +29,7 @@ def command_train(args: argparse.Namespace) -> int:
 
     from ...processing.image_processing_faceptor import FaceptorImageProcessor
     from ..config import parse_training_config
-    from ..run import build_trainer, finish_training
+    from ..run import build_trainer, finish_training, last_checkpoint
 
     raw = yaml.safe_load(Path(args.config).read_text())
     for settings in raw["tasks"].values():
@@ -38,13 +38,7 @@ def command_train(args: argparse.Namespace) -> int:
         raw["training"]["max_steps"] = args.max_steps
     config = parse_training_config(raw, str(args.config))
     output_dir = os.path.join(args.output, "model")
-    resume = None
-    if args.resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if resume is None:
-            raise FileNotFoundError(f"{output_dir}: no checkpoint to resume from")
+    resume = last_checkpoint(output_dir) if args.resume else None
     trainer = build_trainer(config, output_dir)
     dense_size = max(spec["input_size"] for spec in config.model["config"]["tasks"])
     trainer.processing_class = FaceptorImageProcessor(dense_size=dense_size)
