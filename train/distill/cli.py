@@ -49,7 +49,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
     import torch
     from transformers import pipeline
 
-    from .card import demo_model_card
+    from .card import demo_model_card, training_record
     from .evaluate import evaluate_distilled_model
 
     model_dir = os.path.join(args.output, "model")
@@ -60,7 +60,9 @@ def command_evaluate(args: argparse.Namespace) -> None:
     with open(os.path.join(args.output, "data", "summary.json")) as handle:
         summary = json.load(handle)
     parameters = sum(parameter.numel() for parameter in face_pipeline.model.parameters())
-    card = demo_model_card(scores, summary, parameters, REBUILD_COMMAND)
+    history = Path(model_dir, "log_history.json")
+    training = training_record(json.loads(history.read_text())) if history.is_file() else None
+    card = demo_model_card(scores, summary, parameters, REBUILD_COMMAND, training)
     Path(model_dir, "README.md").write_text(card)
     print(json.dumps({key: {k: v for k, v in value.items() if k != "per_face"} for key, value in scores.items()}))
 

