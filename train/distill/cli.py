@@ -21,7 +21,8 @@ REBUILD_COMMAND = 'pip install -e ".[dev,distill]" && faceptor distill all outpu
 def command_data(args: argparse.Namespace) -> None:
     from .build import build_distill_dataset
 
-    build_distill_dataset(os.path.join(args.output, "data"), args.cache, args.frame_step, not args.quiet)
+    output = os.path.join(args.output, "data")
+    build_distill_dataset(output, args.cache, args.frame_step, not args.quiet, args.turned_views)
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--cache", default=os.path.join("outputs", "distill_cache"), help="package archives")
         command.add_argument("--frame-step", type=int, default=10, help="keep every Nth video frame")
         command.add_argument("--config", default=str(CONFIG), help="training config (YAML)")
+        command.add_argument("--turned-views", action="store_true", help="(data) add turned views of training faces")
         command.add_argument("--max-steps", type=int, help="override the config's training steps")
         command.add_argument("--install", action="store_true", help="(all) install the result as the default")
         command.add_argument("--resume", action="store_true", help="(train) continue from the last checkpoint")

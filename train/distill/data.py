@@ -20,6 +20,12 @@ ROLES = ("train", "holdout", "human_eval")  # the split names: training faces, h
 TEACHER_COLUMNS = {"age": "age", "classification": "expression", "embedding": "identity"}
 # Mirror tables and crop conventions of the datasets whose label spaces the distilled tasks share.
 DENSE_DATASETS = {"landmarks": "300w", "parsing": "lapa"}
+# Turned views (`pose_synthesis`) are warped pictures: good for where points and parts go, not for who it is,
+# how old or how they feel.
+TURNED_VIEW_KINDS = ("landmarks", "parsing")
+# Identity training sees at most this many faces of one named person or video (spread over them): a video's
+# hundreds of frames of one person would otherwise fill the batches that should tell many people apart.
+MAX_IDENTITY_FACES_PER_PERSON = 16
 
 
 POSE_BIN_WIDTH, POSE_BINS = 0.1, 5  # head-turn bins of the nose's offset from mid-jaw, the last open-ended
@@ -41,6 +47,19 @@ def pose_balanced_indices(landmarks: np.ndarray) -> np.ndarray:
     counts = np.bincount(bins, minlength=POSE_BINS)
     repeats = np.rint(np.sqrt(counts.max() / counts[bins])).astype(int)
     return np.repeat(np.arange(len(bins)), repeats)
+
+
+def person_capped_indices(people: list[str | None], cap: int) -> np.ndarray:
+    """Sorted row indices keeping every face of no named person and at most `cap` of each named one, evenly
+    spaced over their rows (a video's frames: over the whole video)."""
+    rows_of: dict[str, list[int]] = {}
+    kept = []
+    for index, person in enumerate(people):
+        (kept if person is None else rows_of.setdefault(person, [])).append(index)
+    for indices in rows_of.values():
+        picks = np.unique(np.linspace(0, len(indices) - 1, min(cap, len(indices))).round().astype(int))
+        kept += [indices[pick] for pick in picks]
+    return np.array(sorted(kept), dtype=int)
 
 
 def box_corners(box, scale: float) -> list[float]:
@@ -78,6 +97,10 @@ class DistillTaskDataset(TaskDataset):
         # Training sees turned faces more often (`pose_balanced_indices`); evaluation sees every face once.
         landmarks = np.asarray(rows["landmarks"], np.float32) if pose_balanced and len(rows) else None
         self.row_indices = pose_balanced_indices(landmarks) if landmarks is not None else np.arange(len(rows))
+        # dlib's descriptors share a large common part (different people's still have cosines near 0.9): the
+        # student learns them without that part (their mean), so that its cosines spread different people apart.
+        if kind == "embedding" and len(rows):
+            self.identity_centre = np.asarray(rows["identity"], np.float32).mean(axis=0)
 
     def __len__(self) -> int:
         return len(self.row_indices)
@@ -98,7 +121,8 @@ class DistillTaskDataset(TaskDataset):
         face = image.crop(tuple(round(value) for value in box_corners(row["box"], self.face_box_scale)))
         label = row[TEACHER_COLUMNS[self.kind]]
         if self.kind == "embedding":
-            label = np.asarray(label, dtype=np.float32)
+            label = np.asarray(label, dtype=np.float32) - self.identity_centre
+            label /= max(float(np.linalg.norm(label)), 1e-8)
         return {"image": face, "label": label}
 
 
@@ -118,4 +142,9 @@ def build_distill_task_dataset(spec: dict, root: str | os.PathLike, split: str, 
         )
     else:
         transform = build_train_transform(kind, size) if train else build_eval_transform(kind, size)
-    return DistillTaskDataset(load_distill_rows(root, split), kind, transform, pose_balanced=train)
+    rows = load_distill_rows(root, split)
+    if kind not in TURNED_VIEW_KINDS and "turn_degrees" in rows.column_names:
+        rows = rows.filter(lambda degrees: degrees == 0, input_columns="turn_degrees")
+    if kind == "embedding" and train:
+        rows = rows.select(person_capped_indices(rows["person"], MAX_IDENTITY_FACES_PER_PERSON))
+    return DistillTaskDataset(rows, kind, transform, pose_balanced=train)

