@@ -189,6 +189,17 @@ def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path
     assert scores["human_landmarks"]["faces"] == 2 and scores["teacher_agreement"]["faces"] == 3
     assert np.isfinite(scores["teacher_agreement"]["landmark_nme"]) and scores["teacher_agreement"]["age_mae"] >= 0
     assert 0 <= scores["teacher_agreement"]["parsing_f1"]["mean"] <= 1
+    # Faces turned further than every training face are counted apart, by their human landmarks' head turn.
+    from faceptor.train.distill.data import head_turn, load_distill_rows
+
+    human = scores["human_landmarks"]
+    train_turns = head_turn(np.stack([np.asarray(lm) for lm in load_distill_rows(distill_data, "train")["landmarks"]]))
+    assert human["most_turned_training_face"] == pytest.approx(train_turns.max())
+    per_face = list(human["per_face"].values())
+    within = [face["student"] for face in per_face if face["head_turn"] <= train_turns.max()]
+    assert human["faces_within_training_turns"] == len(within)
+    if within:
+        assert human["nme_student_within_training_turns"] == pytest.approx(np.mean(within))
     # The three frames of one video are the same person: three positive pairs.
     assert scores["identity"]["same_person_pairs"] == 3
     assert scores["identity"]["named_people"]["same_person_pairs"] == 3
@@ -202,6 +213,8 @@ def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path
     verdict = "is met" if scores["human_landmarks"]["nme_student_where_teacher_right"] <= 0.08 else "**not met**"
     assert verdict in card
     assert "A demo, not the paper's model" in card and "| age MAE vs the teacher (years) |" in card
+    assert f"the {human['faces_within_training_turns']} faces turned no further than the most-turned" in card
+    assert card.count(", head turn ") == human["faces"]
 
 
 def test_an_unknown_embedding_loss_is_a_config_error():

