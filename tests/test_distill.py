@@ -198,8 +198,7 @@ def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path
     per_face = list(human["per_face"].values())
     within = [face["student"] for face in per_face if face["head_turn"] <= train_turns.max()]
     assert human["faces_within_training_turns"] == len(within)
-    if within:
-        assert human["nme_student_within_training_turns"] == pytest.approx(np.mean(within))
+    assert within and human["nme_student_within_training_turns"] == pytest.approx(np.mean(within))
     # The three frames of one video are the same person: three positive pairs.
     assert scores["identity"]["same_person_pairs"] == 3
     assert scores["identity"]["named_people"]["same_person_pairs"] == 3
