@@ -193,7 +193,7 @@ def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path
     from faceptor.train.distill.data import head_turn, load_distill_rows
 
     human = scores["human_landmarks"]
-    train_turns = head_turn(np.stack([np.asarray(lm) for lm in load_distill_rows(distill_data, "train")["landmarks"]]))
+    train_turns = head_turn(np.asarray(load_distill_rows(distill_data, "train")["landmarks"], np.float32))
     assert human["most_turned_training_face"] == pytest.approx(train_turns.max())
     per_face = list(human["per_face"].values())
     within = [face["student"] for face in per_face if face["head_turn"] <= train_turns.max()]

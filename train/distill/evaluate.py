@@ -109,8 +109,7 @@ def evaluate_distilled_model(face_pipeline, data_root: str, progress: bool = Tru
     right = [s for s, t in zip(student, teacher, strict=True) if t <= TEACHER_RIGHT_NME]
     # A face turned further than any training face asks the student for a pose it never saw: scored apart.
     turns = head_turn(np.stack([np.asarray(row["human_landmarks"]) for row in human_rows]))
-    train_landmarks = load_distill_rows(data_root, "train")["landmarks"]
-    most_turned = float(head_turn(np.stack([np.asarray(lm) for lm in train_landmarks])).max())
+    most_turned = float(head_turn(np.asarray(load_distill_rows(data_root, "train")["landmarks"], np.float32)).max())
     seen = [s for s, turn in zip(student, turns, strict=True) if turn <= most_turned]
     scores["human_landmarks"] = {
         "faces": len(student),
