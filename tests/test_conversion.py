@@ -12,7 +12,7 @@ from transformers import AutoImageProcessor, AutoModel, CLIPConfig, CLIPModel
 
 from conftest import TINY, tiny_config
 from faceptor import FaceptorConfig, FaceptorImageProcessor, FaceptorModel
-from faceptor.conversion import (
+from faceptor.commands.convert import (
     CheckpointError,
     KeyMapper,
     _encoder_templates,
@@ -190,7 +190,7 @@ def test_bad_files_get_clear_errors(case, tmp_path):
 def test_cli_reports_a_bad_file_in_one_line_without_traceback(tmp_path):
     path, _ = make_bad_files(tmp_path)["truncated"]
     result = subprocess.run(
-        [sys.executable, "-m", "faceptor.cli", "convert", "official", str(path), str(tmp_path / "out")],
+        [sys.executable, "-m", "faceptor.commands.cli", "convert", "official", str(path), str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2

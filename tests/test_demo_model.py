@@ -9,8 +9,8 @@ import pytest
 from transformers import pipeline
 
 from faceptor import FaceptorModel
-from faceptor.cli import main
-from faceptor.default_model import DEMO_MODEL_DIR, DEMO_MODEL_NOTE
+from faceptor.commands.cli import main
+from faceptor.demo_model import DEMO_MODEL_DIR, DEMO_MODEL_NOTE
 
 PHOTO = os.path.join(os.path.dirname(DEMO_MODEL_DIR), "assets", "astronaut.jpg")  # held out of its training
 MAX_SHIPPED_BYTES = 25 * 2**20

@@ -52,7 +52,7 @@ def test_cli_evaluate_on_a_dataset_layout(tmp_path):
     for index, age in enumerate([23, 35, 51, 67, 40]):
         pixels = (np.random.default_rng(index).random((40, 40, 3)) * 255).astype("uint8")
         Image.fromarray(pixels).save(tmp_path / "utk" / "data" / f"{age}_0_0_2017010{index}.jpg.chip.jpg")
-    command = [sys.executable, "-m", "faceptor.cli", "evaluate", "--model", str(tmp_path / "model"),
+    command = [sys.executable, "-m", "faceptor.commands.cli", "evaluate", "--model", str(tmp_path / "model"),
                "--task", "age_utkface", "--data", str(tmp_path / "utk"), "--split", "all", "--quiet",
                "--output", str(tmp_path / "scores.json"), "--visualize", str(tmp_path / "worst")]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -78,7 +78,7 @@ def test_cli_evaluate_verification(tmp_path):
     (tmp_path / "bins").mkdir()
     with open(tmp_path / "bins" / "lfw.bin", "wb") as handle:
         pickle.dump((images, [True, False] * 10), handle, protocol=4)
-    command = [sys.executable, "-m", "faceptor.cli", "evaluate", "--model", str(tmp_path / "model"),
+    command = [sys.executable, "-m", "faceptor.commands.cli", "evaluate", "--model", str(tmp_path / "model"),
                "--task", "recog_ms1mv3", "--data", str(tmp_path / "bins"), "--split", "lfw", "--quiet",
                "--output", str(tmp_path / "lfw.json")]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

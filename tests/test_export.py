@@ -6,7 +6,7 @@ import torch
 
 from conftest import tiny_config
 from faceptor import FaceptorModel
-from faceptor.export import export_onnx
+from faceptor.commands.export import export_onnx
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -34,7 +34,7 @@ def test_tasks_of_different_crop_sizes_are_refused(tmp_path):
 
 def test_cli_export(tmp_path):
     FaceptorModel(tiny_config()).save_pretrained(tmp_path / "model")
-    command = [sys.executable, "-m", "faceptor.cli", "export", "onnx", str(tmp_path / "model"),
+    command = [sys.executable, "-m", "faceptor.commands.cli", "export", "onnx", str(tmp_path / "model"),
                str(tmp_path / "age.onnx"), "--tasks", "age_morph2", "--size", "32"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -26,7 +26,8 @@ from transformers import pipeline
 
 from conftest import tiny_config
 from faceptor import FaceptorImageProcessor, FaceptorModel
-from faceptor.hub import HUB_PIPELINE_TAGS, PAPER_RESULTS, render_model_card
+from faceptor.commands.cards import HUB_PIPELINE_TAGS, PAPER_RESULTS, render_model_card
+from faceptor.commands.push import remote_code_files
 from faceptor.task_query_sets import FINGERPRINT_ALGORITHM
 
 TOKEN = "hf_localTestToken0123456789abcdef"  # HF_TOKEN of every client
@@ -131,7 +132,7 @@ def pushed(hub, workspace):
         import argparse
         from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError
-        from faceptor.hub import add_push_command, push_model_folder
+        from faceptor.commands.push import add_push_command, push_model_folder
 
         assert HfApi().whoami()["name"] == "tester"
         try:
@@ -164,7 +165,9 @@ def test_pushed_model_loads_and_runs_in_a_fresh_environment(hub, workspace, push
         "image_processing_faceptor.py",
         "pipeline_faceptor.py",
     } <= set(files)
-    assert "hub.py" not in files and not any(name.startswith(("training", "task_query_sets/")) for name in files)
+    # Exactly the listed remote code travels: no tool (cli, push, cards, converters), no training file.
+    assert {name for name in files if name.endswith(".py")} == set(remote_code_files())
+    assert not any(name.startswith(("training", "task_query_sets/")) for name in files)
     config = json.loads(files["config.json"])
     assert config["custom_pipelines"]["face-perception"]["impl"] == "pipeline_faceptor.FacePerceptionPipeline"
     assert config["auto_map"]["AutoModel"] == "modeling_faceptor.FaceptorModel"
@@ -524,7 +527,7 @@ def test_naive_faceptor_pushes_and_loads_by_repo_id(hub, tmp_path):
     repo = "tester/tiny-naive-faceptor"
     run_client(
         f"""
-        from faceptor.hub import push_model_folder
+        from faceptor.commands.push import push_model_folder
         push_model_folder({str(tmp_path / "model")!r}, {repo!r})
         """,
         tmp_path,

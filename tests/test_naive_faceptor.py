@@ -13,16 +13,16 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
 from conftest import TINY, assert_loads_as_remote_code
 from faceptor import FaceptorImageProcessor
-from faceptor.cli import CommandError
-from faceptor.configuration_naive_faceptor import NaiveFaceptorConfig
-from faceptor.conversion import CheckpointError
-from faceptor.conversion_naive import (
+from faceptor.commands.compare_params import add_compare_params_command, compare_parameters
+from faceptor.commands.convert import CheckpointError
+from faceptor.commands.convert_naive import (
     add_convert_naive_command,
     convert_official_naive_checkpoint,
     to_official_naive_state_dict,
 )
+from faceptor.commands.errors import CommandError
+from faceptor.configuration_naive_faceptor import NaiveFaceptorConfig
 from faceptor.modeling_naive_faceptor import NaiveFaceptorModel
-from faceptor.parameter_table import add_compare_params_command, compare_parameters
 from faceptor.processing.geometry import heatmaps_to_points
 from faceptor.task_presets import EXPRESSIONS
 from faceptor.train.losses import FaceptorLoss
@@ -441,7 +441,7 @@ def test_convert_official_naive_command(tmp_path, capsys):
 
 
 def test_the_faceptor_converter_points_naive_checkpoints_to_their_converter(tmp_path):
-    from faceptor.conversion import CheckpointError, convert_official_checkpoint
+    from faceptor.commands.convert import CheckpointError, convert_official_checkpoint
 
     with pytest.raises(CheckpointError, match="convert official-naive"):
         convert_official_checkpoint(FIXTURES / "naive_faceptor_base.pth.tar", tmp_path / "out")

@@ -165,7 +165,7 @@ def test_cli_predict_writes_json_lines_pictures_and_one_line_per_bad_file(model_
     (tmp_path / "in").mkdir()
     paths = make_inputs(tmp_path / "in", astronaut)
     chosen = [paths["good"], paths["grayscale"], paths["truncated"], paths["missing"]]
-    command = [sys.executable, "-m", "faceptor.cli", "predict", *map(str, chosen), "--model", str(model_dir),
+    command = [sys.executable, "-m", "faceptor.commands.cli", "predict", *map(str, chosen), "--model", str(model_dir),
                "--no-detector", "--output", str(tmp_path / "out.jsonl"), "--visualize", str(tmp_path / "vis"),
                "--tasks", "age_morph2", "parsing_celebam", "align_300w", "--quiet"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -183,7 +183,7 @@ def test_cli_predict_writes_json_lines_pictures_and_one_line_per_bad_file(model_
 
 def test_cli_refuses_a_missing_model_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "faceptor.cli", "predict", "x.jpg", "--model", str(tmp_path / "none")],
+        [sys.executable, "-m", "faceptor.commands.cli", "predict", "x.jpg", "--model", str(tmp_path / "none")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert (
@@ -244,7 +244,7 @@ def test_warped_parsing_crops_in_the_pipeline(model_dir, astronaut, tmp_path):
 
 
 def test_cli_predict_compile_gives_the_eager_results(model_dir, astronaut, tmp_path):
-    from faceptor import cli
+    from faceptor.commands import cli
 
     image = tmp_path / "face.png"
     Image.fromarray(astronaut[:200, 150:350]).save(image)

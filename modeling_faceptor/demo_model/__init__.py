@@ -1,13 +1,14 @@
-"""The demo model installed with the package: what `faceptor predict` and `pipeline("face-perception")` use
-when no model is named. A small Faceptor distilled from teacher models on registry packages' faces (see its
-card, `demo_model/README.md`); the paper's accuracy needs the converted official weights."""
+"""The demo model installed with the package (this folder): what `faceptor predict` and
+`pipeline("face-perception")` use when no model is named. A small Faceptor distilled from teacher models on
+registry packages' faces (its card: README.md here; its build recipe: `recipes/demo_model/` in the source tree);
+the paper's accuracy needs the converted official weights."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent  # this folder: config, weights, card, scores
 DEMO_MODEL_NOTE = (
     "no model named: using the bundled demo model (small, distilled from teacher models; "
     "pass --model with converted official weights for the paper's accuracy)"
@@ -19,8 +20,8 @@ def demo_model_path() -> str:
     """The bundled demo model's folder; FileNotFoundError when this install lacks it."""
     if not (DEMO_MODEL_DIR / "model.safetensors").is_file():
         raise FileNotFoundError(
-            f"{DEMO_MODEL_DIR}: the bundled demo model is missing; rebuild it with `faceptor distill all "
-            "outputs/distill --install` or name a model folder."
+            f"{DEMO_MODEL_DIR}: the bundled demo model is missing; rebuild it from a source checkout with "
+            "`python -m recipes.demo_model all outputs/demo_model --install` or name a model folder."
         )
     return str(DEMO_MODEL_DIR)
 

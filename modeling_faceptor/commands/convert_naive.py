@@ -13,6 +13,7 @@ classifier holds all of them), and the attention head counts.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import itertools
 import os
@@ -21,8 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .configuration_naive_faceptor import NaiveFaceptorConfig
-from .conversion import (
+from ..configuration_naive_faceptor import NaiveFaceptorConfig
+from ..task_presets import FULL_TASKS, OFFICIAL_TASKS
+from .convert import (
     OFFICIAL_PREFIX_KIND,
     CheckpointError,
     ConversionReport,
@@ -37,7 +39,7 @@ from .conversion import (
     official_state_dict,
     save_converted_model,
 )
-from .task_presets import FULL_TASKS, OFFICIAL_TASKS
+from .errors import CommandError
 
 HEADS = "heads_module.heads."
 LOSSES = "losses_module.losses."
@@ -382,7 +384,7 @@ def convert_official_naive_checkpoint(
         dense_pool_scales=dense_pool_scales,
     )
     ours, losses, report = convert_official_naive_state_dict(state_dict, config, keep_loss_weights)
-    from .modeling_naive_faceptor import NaiveFaceptorModel
+    from ..modeling_naive_faceptor import NaiveFaceptorModel
 
     save_converted_model(NaiveFaceptorModel, config, ours, losses, output_dir)
     report.groups = found
@@ -393,8 +395,6 @@ def convert_official_naive_checkpoint(
 
 
 def _task_group(text: str) -> tuple[str, list[str]]:
-    import argparse
-
     group, separator, names = text.partition("=")
     if not separator or not group or not names:
         raise argparse.ArgumentTypeError(f"expected GROUP=TASK[,TASK...], got {text!r}")
@@ -402,8 +402,6 @@ def _task_group(text: str) -> tuple[str, list[str]]:
 
 
 def _command_convert_naive(args) -> None:
-    from .cli import CommandError
-
     try:
         report = convert_official_naive_checkpoint(
             args.checkpoint,

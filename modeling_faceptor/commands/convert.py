@@ -9,6 +9,7 @@ templates, so the same table converts both ways.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import os
@@ -20,9 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .configuration_faceptor import FaceptorConfig
-from .processing.image_processing_faceptor import FaceptorImageProcessor
-from .task_presets import OFFICIAL_TASKS
+from ..configuration_faceptor import FaceptorConfig
+from ..processing.image_processing_faceptor import FaceptorImageProcessor
+from ..task_presets import OFFICIAL_TASKS
+from .errors import CommandError
 
 # Task-name prefixes of the official code and the kind each stands for.
 OFFICIAL_PREFIX_KIND = {
@@ -538,7 +540,7 @@ def convert_official_checkpoint(
         )
     config = infer_official_config(state_dict, encoder_heads, decoder_heads, new_feature_layers)
     ours, losses, report = convert_official_state_dict(state_dict, config, keep_loss_weights)
-    from .modeling_faceptor import FaceptorModel
+    from ..modeling_faceptor import FaceptorModel
 
     save_converted_model(FaceptorModel, config, ours, losses, output_dir)
     return report
@@ -610,7 +612,7 @@ def convert_farl(
     """A FaRL checkpoint (`FaRL-Base-Patch16-LAIONFace20M-ep64.pth`, or the same weights as a Transformers
     `CLIPModel` file or folder) -> a Faceptor model folder whose encoder is FaRL and whose decoder, queries
     and output modules are freshly initialised: the starting point of training (paper Sec. 4.1)."""
-    from .modeling_faceptor import FaceptorModel
+    from ..modeling_faceptor import FaceptorModel
 
     checkpoint = load_checkpoint_file(farl_path)
     state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
@@ -628,3 +630,47 @@ def convert_farl(
     model.save_pretrained(output_dir)
     FaceptorImageProcessor().save_pretrained(output_dir)
     return ConversionReport(config=config, dropped=dropped)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def command_convert(args: argparse.Namespace) -> None:
+    try:
+        if args.source == "official":
+            report = convert_official_checkpoint(
+                args.checkpoint,
+                args.output_dir,
+                keep_loss_weights=args.keep_loss_weights,
+                encoder_heads=args.encoder_heads,
+                decoder_heads=args.decoder_heads,
+                new_feature_layers=args.new_feature_layers,
+            )
+        else:
+            overrides = {} if args.encoder_heads is None else {"num_attention_heads": args.encoder_heads}
+            report = convert_farl(args.checkpoint, args.output_dir, preset=args.preset, **overrides)
+    except CheckpointError as error:
+        raise CommandError(str(error)) from None
+    print(f"wrote {args.output_dir}")
+    print(report.summary())
+
+
+def add_convert_command(subparsers):
+    """Adds `faceptor convert {official,farl} CHECKPOINT OUT_DIR` to the CLI's subcommands; returns the
+    subparsers of the checkpoint sources, for `convert_naive` to add its own."""
+    convert = subparsers.add_parser("convert", help="convert official Faceptor or FaRL weights to a model folder")
+    sources = convert.add_subparsers(dest="source", required=True)
+    official = sources.add_parser("official", help="an official checkpoint (checkpoint_rank0_iter_*.pth.tar)")
+    official.add_argument("--keep-loss-weights", action="store_true", help="also save the loss module's weights")
+    official.add_argument("--decoder-heads", type=int, default=8, help="decoder attention heads (official: 8)")
+    official.add_argument(
+        "--new-feature-layers", type=layer_list, help="stage-2 levels' encoder layers (official: 1,3,5,7,9)"
+    )
+    farl = sources.add_parser("farl", help="FaRL weights (.pth) or the same in Transformers CLIPModel layout")
+    farl.add_argument("--preset", default="faceptor-base", help="tasks and decoder of the new model")
+    for parser_ in (official, farl):
+        parser_.add_argument("checkpoint", help="checkpoint file (or CLIPModel folder)")
+        parser_.add_argument("output_dir", help="folder to write the model to")
+        parser_.add_argument("--encoder-heads", type=int, help="encoder attention heads (default: width / 64)")
+    convert.set_defaults(handler=command_convert)
+    return sources

@@ -8,13 +8,15 @@ standardized head per task group: 1B + N O). Both models are built on the meta d
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 import torch
 
-from .configuration_faceptor import FaceptorConfig, TaskSpec
-from .configuration_naive_faceptor import NaiveFaceptorConfig
-from .task_presets import OFFICIAL_TASKS, PRESETS
+from ..configuration_faceptor import FaceptorConfig, TaskSpec
+from ..configuration_naive_faceptor import NaiveFaceptorConfig
+from ..task_presets import OFFICIAL_TASKS, PRESETS
+from .errors import CommandError
 
 # New tasks whose cost the table shows, one per category.
 EXAMPLE_NEW_TASKS = (
@@ -53,7 +55,7 @@ def _count(module: torch.nn.Module) -> int:
 
 
 def _faceptor_counts(specs: list[dict]) -> dict:
-    from .modeling_faceptor import FaceptorModel
+    from ..modeling_faceptor import FaceptorModel
 
     config = FaceptorConfig(tasks=specs)
     with torch.device("meta"):
@@ -79,7 +81,7 @@ def _one_head_per_task(specs: list[dict]) -> dict[str, list[str]]:
 
 
 def _naive_counts(specs: list[dict], one_head_per_task: bool) -> dict:
-    from .modeling_naive_faceptor import NaiveFaceptorModel
+    from ..modeling_naive_faceptor import NaiveFaceptorModel
 
     config = NaiveFaceptorConfig(tasks=specs, task_groups=_one_head_per_task(specs) if one_head_per_task else None)
     with torch.device("meta"):
@@ -179,12 +181,52 @@ def compare_parameters(
     return "\n".join(lines)
 
 
+def load_config(name_or_path: str):
+    if name_or_path in PRESETS:
+        return FaceptorConfig.from_preset(name_or_path)
+    if os.path.isdir(name_or_path):
+        try:
+            return FaceptorConfig.from_pretrained(name_or_path)
+        except (OSError, ValueError) as error:
+            raise CommandError(f"{name_or_path}: not a Faceptor model folder ({error})") from None
+    raise CommandError(f"{name_or_path}: neither a preset ({', '.join(PRESETS)}) nor a model folder")
+
+
+def parameter_summary(config) -> list[tuple[str, int]]:
+    """Parameter counts per component and per task's own parameters, built on the meta device."""
+    from ..modeling_faceptor import FaceptorModel
+
+    with torch.device("meta"):
+        model = FaceptorModel(config)
+    rows = [(name, sum(p.numel() for p in module.parameters())) for name, module in model.named_children()]
+    for spec in config.task_specs.values():
+        own = sum(
+            container[spec.name].numel()
+            for container in (
+                model.decoder.query_features,
+                model.decoder.query_position_embeddings,
+                getattr(model.decoder, "task_level_embeddings", {}),
+            )
+            if spec.name in container
+        )
+        rows.append((f"  task {spec.name} ({spec.kind}, {spec.num_queries} queries)", own))
+    return rows
+
+
+def command_summary(args: argparse.Namespace) -> None:
+    config = load_config(args.model)
+    rows = parameter_summary(config)
+    total = sum(count for name, count in rows if not name.startswith("  "))
+    width = max(len(name) for name, _ in rows)
+    print(f"{args.model}: {total / 1e6:.1f}M parameters")
+    for name, count in rows:
+        print(f"{name:<{width}}  {count / 1e6:>8.3f}M")
+
+
 def _command_compare_params(args: argparse.Namespace) -> None:
     try:
         print(compare_parameters(args.tasks or None, one_head_per_task=args.one_head_per_task))
     except ValueError as error:
-        from .cli import CommandError
-
         raise CommandError(str(error)) from None
 
 
@@ -207,3 +249,11 @@ def add_compare_params_command(subparsers) -> argparse.ArgumentParser:
 
 
 __all__ = ["add_compare_params_command", "compare_parameters", "resolve_task_list"]
+
+
+def add_summary_command(subparsers) -> argparse.ArgumentParser:
+    """Adds `faceptor summary [PRESET | MODEL_DIR]` to the CLI's subcommands."""
+    summary = subparsers.add_parser("summary", help="parameter counts of a preset or a saved model")
+    summary.add_argument("model", nargs="?", default="faceptor-base", help="preset name or model folder")
+    summary.set_defaults(handler=command_summary)
+    return summary

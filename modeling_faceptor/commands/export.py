@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import warnings
 from collections.abc import Sequence
@@ -10,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .modeling_faceptor import FaceptorModel
+from ..modeling_faceptor import FaceptorModel
+from .errors import CommandError
 
 
 class FaceptorTaskGraph(nn.Module):
@@ -81,3 +83,30 @@ def export_onnx(
     if worst > tolerance:
         raise ValueError(f"The ONNX graph differs from PyTorch by up to {worst:.2e}: {differences}")
     return differences
+
+
+def command_export(args: argparse.Namespace) -> None:
+    if not os.path.isdir(args.model):
+        raise CommandError(f"{args.model}: no such model folder")
+    model = FaceptorModel.from_pretrained(args.model).eval()
+    try:
+        differences = export_onnx(model, args.output, tasks=args.tasks, input_size=args.size, check=not args.no_check)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    print(f"wrote {args.output}")
+    for task, difference in differences.items():
+        print(f"  {task}: largest difference to PyTorch {difference:.2e}")
+
+
+def add_export_command(subparsers) -> argparse.ArgumentParser:
+    """Adds `faceptor export onnx MODEL_DIR OUT.onnx` to the CLI's subcommands."""
+    export = subparsers.add_parser("export", help="export a model for other runtimes")
+    formats = export.add_subparsers(dest="format", required=True)
+    onnx = formats.add_parser("onnx", help="an ONNX graph of a task set, checked with onnxruntime")
+    onnx.add_argument("model", help="model folder")
+    onnx.add_argument("output", help="the .onnx file to write")
+    onnx.add_argument("--tasks", nargs="+", help="tasks (default: all; they must share a crop size)")
+    onnx.add_argument("--size", type=int, help="crop size (default: the tasks' own)")
+    onnx.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    export.set_defaults(handler=command_export)
+    return export

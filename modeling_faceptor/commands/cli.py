@@ -1,0 +1,54 @@
+"""The `faceptor` command line: one subcommand per tool, each defined beside its tool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .compare_params import add_compare_params_command, add_summary_command
+from .convert import add_convert_command
+from .convert_naive import add_convert_naive_command
+from .errors import CommandError
+from .evaluate import add_evaluate_command
+from .export import add_export_command
+from .predict import add_predict_command
+from .push import add_push_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faceptor", description="Faceptor: one model for every face task.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_summary_command(commands)  # faceptor summary [PRESET | MODEL_DIR]
+    convert_sources = add_convert_command(commands)  # faceptor convert {official,farl} CKPT OUT_DIR
+    add_convert_naive_command(convert_sources)  # faceptor convert official-naive CKPT OUT_DIR
+    add_compare_params_command(commands)  # faceptor compare-params [PRESET | TASK ...]
+    add_predict_command(commands)  # faceptor predict IMAGE ...
+    add_export_command(commands)  # faceptor export onnx MODEL_DIR OUT.onnx
+    add_push_command(commands)  # faceptor push MODEL_DIR REPO
+    add_evaluate_command(commands)  # faceptor evaluate --model DIR --task NAME --data ROOT
+    # `faceptor train ...` is handed whole to faceptor.train.run (see main); listed here for --help.
+    commands.add_parser("train", help="multi-task training from a YAML config: faceptor train --config CFG")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        from ..train.run import main as train_main
+
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    try:
+        return args.handler(args) or 0
+    except CommandError as error:
+        print(f"faceptor: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

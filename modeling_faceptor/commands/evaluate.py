@@ -1,0 +1,77 @@
+"""`faceptor evaluate`: one task of a model scored on a public dataset with the paper's protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from ..modeling_faceptor import FaceptorModel
+from ..processing.image_processing_faceptor import CLIP_MEAN, CLIP_STD, HALF
+from .errors import CommandError
+
+
+def command_evaluate(args: argparse.Namespace) -> None:
+    from ..train.augmentation import build_eval_transform
+    from ..train.data import READERS, DatasetFormatError, load_face_dataset
+    from ..train.datasets import build_task_dataset
+    from ..train.evaluation import evaluate_task, evaluate_verification, save_worst_cases
+
+    if not os.path.isdir(args.model):
+        raise CommandError(f"{args.model}: no such model folder")
+    if not os.path.exists(args.data):
+        raise CommandError(f"{args.data}: no such dataset folder")
+    model = FaceptorModel.from_pretrained(args.model).eval().to(args.device or "cpu")
+    specs = model.config.task_specs
+    if args.task not in specs:
+        raise CommandError(f"the model has no task {args.task!r}; its tasks are {list(specs)}")
+    spec = specs[args.task]
+    reader = args.reader or ("verification" if spec.kind == "embedding" else args.task)
+    if reader not in READERS:
+        raise CommandError(f"no dataset reader {reader!r}; pass --reader, one of {', '.join(READERS)}")
+    try:
+        if spec.kind == "embedding":
+            pairs = load_face_dataset(reader, args.data, args.split)
+            transform = build_eval_transform(spec.kind, spec.input_size)
+            scores = evaluate_verification(model, args.task, pairs, transform, args.batch_size, not args.quiet)
+        else:
+            dataset = build_task_dataset(spec.to_dict(), reader, args.data, args.split, train=False)
+            scores, predictions, references, errors = evaluate_task(
+                model, args.task, dataset, reader, args.batch_size, args.limit, not args.quiet
+            )
+            if args.visualize:
+                dense = spec.category == "dense"
+                save_worst_cases(spec.kind, dataset, predictions, references, errors, args.visualize,
+                                 mean=CLIP_MEAN if dense else HALF, std=CLIP_STD if dense else HALF,
+                                 labels=spec.labels)  # fmt: skip
+    except (DatasetFormatError, FileNotFoundError) as error:
+        raise CommandError(str(error)) from None
+    scalars = {name: float(value) for name, value in scores.items() if np.isscalar(value)}
+    width = max(len(name) for name in scalars)
+    print(f"{args.task} on {reader} {args.split}:")
+    for name, value in scalars.items():
+        print(f"  {name:<{width}}  {value:.4f}")
+    output = args.output or f"metrics_{args.task}_{args.split}.json"
+    with open(output, "w") as handle:
+        json.dump({"task": args.task, "reader": reader, "split": args.split, "scores": scalars}, handle, indent=1)
+    print(f"wrote {output}")
+
+
+def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
+    """Adds `faceptor evaluate --model DIR --task NAME --data ROOT` to the CLI's subcommands."""
+    evaluate = subparsers.add_parser("evaluate", help="score a task on a dataset with the paper's protocol")
+    evaluate.add_argument("--model", required=True, help="model folder")
+    evaluate.add_argument("--task", required=True, help="task name, e.g. align_300w")
+    evaluate.add_argument("--data", required=True, help="the dataset's root folder, as downloaded")
+    evaluate.add_argument("--split", default="test", help="split (see faceptor.train.data.SPLITS)")
+    evaluate.add_argument("--reader", help="dataset reader (default: the task's name; identity: verification)")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--limit", type=int, help="score only the first N samples")
+    evaluate.add_argument("--output", help="JSON file of the scores (default: metrics_<task>_<split>.json)")
+    evaluate.add_argument("--visualize", metavar="DIR", help="save pictures of the worst cases here")
+    evaluate.add_argument("--device", help="torch device (default: CPU)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=command_evaluate)
+    return evaluate
