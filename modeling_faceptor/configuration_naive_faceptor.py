@@ -25,7 +25,6 @@ OFFICIAL_ATTRIBUTE_FEATURE_LAYERS = [5, 7, 9, 11]
 OFFICIAL_NUM_LAYERS = 12
 # The dense head's pyramid has four levels and the attribute head four convolutions, one per layer read.
 NUM_HEAD_FEATURE_LAYERS = 4
-HEAD_TYPE_OF_CATEGORY = {"dense": "UperNet", "attribute": "SwinFace face analysis", "identity": "SwinFace recognition"}
 
 
 def scaled_layers(official: list[int], num_layers: int) -> list[int]:

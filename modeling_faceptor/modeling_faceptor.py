@@ -13,11 +13,15 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_faceptor import FaceptorConfig, TaskSpec
 from .outputs_faceptor import FaceptorOutput
 from .task_query_sets import FaceptorTaskSetMixin
+
+logger = logging.get_logger(__name__)
 
 
 def tag_init_scheme(module: nn.Module, scheme: str) -> nn.Module:
@@ -123,9 +127,10 @@ class FaceptorAttention(nn.Module):
         value_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         level_embeddings: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`level_embeddings` `(query_length, num_levels, embed_dim)`, when given, are each query's layer-aware
-        embeddings of the key levels, whose keys lie in `num_levels` equal consecutive blocks. Since
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the output and the attention weights (`None` unless the attention function computes them,
+        as eager does). `level_embeddings` `(query_length, num_levels, embed_dim)`, when given, are each query's
+        layer-aware embeddings of the key levels, whose keys lie in `num_levels` equal consecutive blocks. Since
         k_proj(F + P + L) = k_proj(F + P) + W_k L, they enter as a per-query, per-level logit term q (W_k L)^T
         (paper Sec. 3.3), so queries of several tasks share one attention call."""
         batch_size, query_length, _ = query_states.shape
@@ -143,8 +148,10 @@ class FaceptorAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, _ = attention_interface(self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0)
-        return self.out_proj(attn_output.reshape(batch_size, query_length, -1))
+        attn_output, attn_weights = attention_interface(
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0
+        )
+        return self.out_proj(attn_output.reshape(batch_size, query_length, -1)), attn_weights
 
 
 class FaceptorEncoderEmbeddings(nn.Module):
@@ -203,10 +210,12 @@ class FaceptorEncoderLayer(GradientCheckpointingLayer):
         self.drop_path = FaceptorDropPath(drop_path)
         tag_init_scheme(self, "vit")
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the layer's output and its attention weights (`None` under SDPA)."""
         normed = self.layer_norm1(hidden_states)
-        hidden_states = hidden_states + self.drop_path(self.self_attn(normed, normed, normed))
-        return hidden_states + self.drop_path(self.mlp(self.layer_norm2(hidden_states)))
+        attended, attn_weights = self.self_attn(normed, normed, normed)
+        hidden_states = hidden_states + self.drop_path(attended)
+        return hidden_states + self.drop_path(self.mlp(self.layer_norm2(hidden_states))), attn_weights
 
 
 class FaceptorEncoder(nn.Module):
@@ -214,6 +223,7 @@ class FaceptorEncoder(nn.Module):
 
     def __init__(self, config: FaceptorConfig):
         super().__init__()
+        self.config = config
         self.embeddings = FaceptorEncoderEmbeddings(config)
         self.pre_layernorm = FaceptorLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         drop_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
@@ -224,16 +234,31 @@ class FaceptorEncoder(nn.Module):
                 nn.Linear(config.hidden_size, config.projection_dim, bias=False), "clip_projection"
             )
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        """Returns every layer's output, each `(batch, 1 + h * w, hidden_size)` with the class token first,
-        and the patch grid `(h, w)`."""
-        hidden_states, grid = self.embeddings(pixel_values)
+    def forward(self, pixel_values: torch.Tensor, output_attentions: bool = False) -> BaseModelOutput:
+        """`hidden_states` always holds the embeddings' output (after `pre_layernorm`) and every layer's output,
+        each `(batch, 1 + h * w, hidden_size)` with the class token first: the decoder and the heads read several
+        layers. `attentions`, with `output_attentions`, holds every layer's weights when the attention function
+        computes them (eager), else `None`."""
+        hidden_states, _ = self.embeddings(pixel_values)
         hidden_states = self.pre_layernorm(hidden_states)
-        all_hidden_states = []
+        all_hidden_states, all_attentions = [hidden_states], []
         for layer in self.layers:
-            hidden_states = layer(hidden_states)
+            hidden_states, attn_weights = layer(hidden_states)
             all_hidden_states.append(hidden_states)
-        return all_hidden_states, grid
+            all_attentions.append(attn_weights)
+        attentions = None
+        if output_attentions:
+            if any(weights is None for weights in all_attentions):
+                logger.warning_once(
+                    f"`output_attentions=True` returns no attention weights under the "
+                    f"{self.config._attn_implementation!r} attention implementation; load the model with "
+                    '`attn_implementation="eager"` (or call `model.set_attn_implementation("eager")`) for them.'
+                )
+            else:
+                attentions = tuple(all_attentions)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden_states), attentions=attentions
+        )
 
 
 class FaceptorAnchorPositionEmbedding(nn.Module):
@@ -298,12 +323,12 @@ class FaceptorDecoderLayer(GradientCheckpointingLayer):
         `memory_keys` `(B, M, C)`: the memory plus its position and layer-aware embeddings (paper Eq. 7). When
         several tasks decode together, the masks keep each task to its own levels and queries and
         `level_embeddings` carries per-task layer embeddings (see `FaceptorAttention`)."""
-        attended = self.cross_attn(
+        attended, _ = self.cross_attn(
             hidden_states + query_position, memory_keys, memory, cross_attention_mask, level_embeddings
         )
         hidden_states = self.cross_attn_layer_norm(hidden_states + attended)
         positioned = hidden_states + query_position
-        attended = self.self_attn(positioned, positioned, hidden_states, self_attention_mask)
+        attended, _ = self.self_attn(positioned, positioned, hidden_states, self_attention_mask)
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
         hidden_states = self.final_layer_norm(hidden_states + self.fc2(self.activation(self.fc1(hidden_states))))
         return hidden_states
@@ -410,17 +435,18 @@ class FaceptorDecoder(nn.Module):
             )
         memory_keys = memory + key_positions
         sizes = [spec.num_queries for spec in specs]
-        owner = torch.repeat_interleave(torch.arange(len(specs), device=device), torch.tensor(sizes, device=device))
+        # Each query's task, and which levels each task reads, built from Python values: torch.export cannot
+        # branch on tensor data or size a tensor from it.
+        owner = torch.tensor([index for index, size in enumerate(sizes) for _ in range(size)], device=device)
         blocked_pairs = owner[:, None] != owner[None, :]
         # Additive float masks: the eager and SDPA attention functions both add them to the logits.
         self_attention_mask = torch.zeros(blocked_pairs.shape, dtype=dtype, device=device)
         self_attention_mask = self_attention_mask.masked_fill(blocked_pairs, torch.finfo(dtype).min)[None, None]
-        reads = torch.tensor([[level in self.levels_for(spec) for level in levels] for spec in specs], device=device)[
-            owner
-        ]
+        reads = [[level in self.levels_for(spec) for level in levels] for spec in specs]
         cross_attention_mask = None
-        if not reads.all():
-            blocked = (~reads).repeat_interleave(anchor_position.shape[0], dim=1)
+        if not all(all(row) for row in reads):
+            blocked = ~torch.tensor(reads, device=device)[owner]
+            blocked = blocked.repeat_interleave(anchor_position.shape[0], dim=1)
             cross_attention_mask = torch.zeros(blocked.shape, dtype=dtype, device=device)
             cross_attention_mask = cross_attention_mask.masked_fill(blocked, torch.finfo(dtype).min)[None, None]
         hidden_states = torch.cat([self.query_features[spec.name] for spec in specs])[None].expand(batch_size, -1, -1)
@@ -599,6 +625,13 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
     def task_specs(self) -> dict[str, TaskSpec]:
         return self.config.task_specs
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding convolution, as ViT-style models give."""
+        return self.encoder.embeddings.patch_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.encoder.embeddings.patch_embedding = value
+
     def resolve_tasks(self, tasks: str | Sequence[str] | None) -> list[TaskSpec]:
         """The specs of the requested tasks (all tasks when `None`); a `ValueError` names any unknown one."""
         specs = self.task_specs
@@ -710,8 +743,9 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
         pixel_values: torch.Tensor,
         tasks: str | Sequence[str] | None = None,
         task_samples: Mapping[str, slice] | None = None,
-        output_hidden_states: bool = False,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> FaceptorOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -722,18 +756,31 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
             The batch rows each task decodes (all rows by default). Multi-task training puts several tasks'
             samples of one input size in one batch, so the encoder runs once and each task reads its own rows.
         output_hidden_states (`bool`, *optional*):
-            Also return every encoder layer's output.
+            Also return the embeddings' and every encoder layer's output (`config.output_hidden_states` by default).
+        return_dict (`bool`, *optional*):
+            Return a [`FaceptorOutput`] (`config.return_dict` by default) rather than its `to_tuple()`.
+        output_attentions (`bool`, *optional*):
+            Also return every encoder layer's attention weights (`config.output_attentions` by default); they need
+            eager attention (`attn_implementation="eager"`), SDPA does not compute them.
         """
         self._check_pixel_values(pixel_values)
         specs = self.resolve_tasks(tasks)
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         pixel_values = pixel_values.to(self.encoder.embeddings.patch_embedding.weight.dtype)
+        height, width = (size // self.config.patch_size for size in pixel_values.shape[-2:])
 
         decoded = [spec for spec in specs if spec.category != "identity"]
         # Only the levels some requested task reads are projected.
         levels = sorted({level for spec in decoded for level in self.decoder.levels_for(spec)})
-        hidden_states, (height, width) = self.encoder(pixel_values)
-        patch_features = {index: layer_output[:, 1:] for index, layer_output in enumerate(hidden_states)}
+        encoder_outputs = self.encoder(pixel_values, output_attentions=output_attentions)
+        # hidden_states[0] is the embeddings' output: layer i's patch tokens are hidden_states[i + 1][:, 1:].
+        patch_features = {
+            index: layer_output[:, 1:] for index, layer_output in enumerate(encoder_outputs.hidden_states[1:])
+        }
 
         projected = self.decoder.project(patch_features, levels)
         anchor_position = None
@@ -766,21 +813,45 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
                 task_outputs[spec.name] = self.attribute_head(decoder_tokens[spec.name])
 
         output = FaceptorOutput(
+            last_hidden_state=encoder_outputs.last_hidden_state,
             task_outputs=task_outputs,
             decoder_tokens=decoder_tokens,
             pixel_embeddings=pixel_embeddings,
-            encoder_hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
+            attentions=encoder_outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """FaRL's CLIP image embedding `(batch, projection_dim)`: the class token of the top layer through
-        `post_layernorm` and `projection`."""
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        FaRL's CLIP image embedding as `pooler_output` `(batch, projection_dim)`: the class token of the top layer
+        through `post_layernorm` and `projection`, as CLIP's `get_image_features`; `last_hidden_state` is the top
+        layer's output, and `hidden_states` / `attentions` follow [`FaceptorModel.forward`]'s.
+        """
         if self.config.projection_dim is None:
             raise ValueError("This model has no image projection (config.projection_dim is None).")
         self._check_pixel_values(pixel_values)
-        hidden_states, _ = self.encoder(pixel_values.to(self.encoder.embeddings.patch_embedding.weight.dtype))
-        return self.encoder.projection(self.encoder.post_layernorm(hidden_states[-1][:, 0]))
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        pixel_values = pixel_values.to(self.encoder.embeddings.patch_embedding.weight.dtype)
+        encoder_outputs = self.encoder(pixel_values, output_attentions=output_attentions)
+        last_hidden_state = encoder_outputs.last_hidden_state
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=self.encoder.projection(self.encoder.post_layernorm(last_hidden_state[:, 0])),
+            hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
+            attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
 
 
 FaceptorConfig.register_for_auto_class()

@@ -228,6 +228,8 @@ class NaiveFaceptorModel(NaiveFaceptorPreTrainedModel):
     resolve_tasks = FaceptorModel.resolve_tasks
     _check_pixel_values = FaceptorModel._check_pixel_values
     get_image_features = FaceptorModel.get_image_features
+    get_input_embeddings = FaceptorModel.get_input_embeddings
+    set_input_embeddings = FaceptorModel.set_input_embeddings
 
     def output_channels(self, group: str) -> dict[str, slice]:
         """The channels of each task of a dense group in its head's output."""
@@ -263,12 +265,15 @@ class NaiveFaceptorModel(NaiveFaceptorPreTrainedModel):
             raise ValueError(f"The model has no task {name!r}; its tasks are {self.config.task_names}.")
         return {}
 
-    def _grid_features(self, hidden_states: list[torch.Tensor], layers: Sequence[int], grid, rows) -> list:
-        """Encoder layers as `(batch, hidden_size, h, w)` maps, class token dropped."""
+    def _grid_features(
+        self, layer_outputs: Sequence[torch.Tensor], layers: Sequence[int], grid: tuple[int, int], rows: slice
+    ) -> list[torch.Tensor]:
+        """Encoder layers (`layer_outputs[i]` is layer i's output) as `(batch, hidden_size, h, w)` maps, class
+        token dropped."""
         height, width = grid
         maps = []
         for layer in layers:
-            patches = hidden_states[layer][rows, 1:]
+            patches = layer_outputs[layer][rows, 1:]
             maps.append(patches.transpose(1, 2).reshape(patches.shape[0], -1, height, width))
         return maps
 
@@ -277,8 +282,9 @@ class NaiveFaceptorModel(NaiveFaceptorPreTrainedModel):
         pixel_values: torch.Tensor,
         tasks: str | Sequence[str] | None = None,
         task_samples: Mapping[str, slice] | None = None,
-        output_hidden_states: bool = False,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> FaceptorOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -290,27 +296,39 @@ class NaiveFaceptorModel(NaiveFaceptorPreTrainedModel):
             on their own, as in the official multi-task training (BatchNorm statistics per task); without it, each
             group's head runs once for all its requested tasks.
         output_hidden_states (`bool`, *optional*):
-            Also return every encoder layer's output.
+            Also return the embeddings' and every encoder layer's output (`config.output_hidden_states` by default).
+        return_dict (`bool`, *optional*):
+            Return a [`FaceptorOutput`] (`config.return_dict` by default) rather than its `to_tuple()`.
+        output_attentions (`bool`, *optional*):
+            Also return every encoder layer's attention weights (`config.output_attentions` by default); they need
+            eager attention (`attn_implementation="eager"`), SDPA does not compute them.
 
         Returns a [`FaceptorOutput`] whose `task_outputs` holds one raw output per task; `decoder_tokens` and
         `pixel_embeddings` are `None` (Naive Faceptor has no decoder).
         """
         self._check_pixel_values(pixel_values)
         specs = self.resolve_tasks(tasks)
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         pixel_values = pixel_values.to(self.encoder.embeddings.patch_embedding.weight.dtype)
-        hidden_states, grid = self.encoder(pixel_values)
+        grid = tuple(size // self.config.patch_size for size in pixel_values.shape[-2:])
+        encoder_outputs = self.encoder(pixel_values, output_attentions=output_attentions)
+        # hidden_states[0] is the embeddings' output; the heads index encoder layers.
+        layer_outputs = encoder_outputs.hidden_states[1:]
         config = self.config
 
         def run_group(group: str, names: list[str], rows) -> dict[str, torch.Tensor]:
             head, category = self.heads[group], config.group_category(group)
             if category == "identity":
-                embedding = head(hidden_states[config.identity_feature_layer][rows, 1:])
+                embedding = head(layer_outputs[config.identity_feature_layer][rows, 1:])
                 return dict.fromkeys(names, embedding)
             if category == "attribute":
-                shared = head.features(self._grid_features(hidden_states, config.attribute_feature_layers, grid, rows))
+                shared = head.features(self._grid_features(layer_outputs, config.attribute_feature_layers, grid, rows))
                 return {name: head.classifiers[name](shared) for name in names}
-            maps = head(self._grid_features(hidden_states, config.dense_feature_layers, grid, rows))
+            maps = head(self._grid_features(layer_outputs, config.dense_feature_layers, grid, rows))
             channels = self.output_channels(group)
             return {name: maps[:, channels[name]] for name in names}
 
@@ -329,8 +347,10 @@ class NaiveFaceptorModel(NaiveFaceptorPreTrainedModel):
             task_outputs = {spec.name: computed[spec.name] for spec in specs}
 
         output = FaceptorOutput(
+            last_hidden_state=encoder_outputs.last_hidden_state,
             task_outputs=task_outputs,
-            encoder_hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
+            attentions=encoder_outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
 

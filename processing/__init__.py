@@ -1,1 +1,1 @@
-"""Image processing and the face-perception pipeline (issue 4)."""
+"""Image processing, decoding of raw outputs and the face-perception pipeline."""

@@ -17,6 +17,15 @@ def heatmaps_to_points(heatmaps: torch.Tensor) -> torch.Tensor:
     return (torch.stack([x, y], dim=-1) + 0.5) / scale
 
 
+def normalized_to_pixels(
+    points: torch.Tensor, side: float | torch.Tensor, origin: float | torch.Tensor = 0.0
+) -> torch.Tensor:
+    """Points normalised by [`heatmaps_to_points`]'s convention -> pixels of a square crop of `side` pixels
+    whose corner is at `origin`, with pixel centres at integer coordinates (those of the labels and images):
+    `origin + points * side - 0.5`. `side` and `origin` broadcast (numbers or tensors)."""
+    return origin + points * side - 0.5
+
+
 def _array_module(coords):
     return torch if isinstance(coords, torch.Tensor) else np
 

@@ -4,7 +4,8 @@ Preprocessing follows the official test transforms: dense tasks (landmarks, pars
 normalised with CLIP's mean/std; attribute and identity tasks read a 112-px crop normalised with mean/std
 0.5. A crop is the square around a face box, enlarged by a per-group factor (the official landmark test
 zooms the 300W box out by 1/0.8), or the whole image, padded to a square, when the image is already a
-face crop. `post_process_*` map the model's raw outputs back to the original image and to names.
+face crop. `post_process_*` decode the model's raw outputs with the shared `decoding` functions (those the
+training metrics use) and map them back to the original image and to names.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
-from .geometry import heatmaps_to_points, tanh_unwarp, tanh_warp
+from .decoding import (
+    attribute_probabilities,
+    class_probabilities,
+    expected_age,
+    landmark_points,
+    normalized_embeddings,
+    parsing_labels,
+)
+from .geometry import normalized_to_pixels, tanh_unwarp, tanh_warp
 from .image_loading import load_image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -177,12 +186,10 @@ class FaceptorImageProcessor(TorchvisionBackend):
     @staticmethod
     def post_process_landmarks(heatmaps: torch.Tensor, crops: torch.Tensor) -> list[np.ndarray]:
         """Raw landmark maps `(F, N, h, w)` and their crops `(F, 3)` -> per face an `(N, 2)` array of (x, y)
-        in original-image pixels (pixel centres at integer coordinates). The maps are read as the official
-        code does: sigmoid, then the soft-argmax `heatmaps_to_points`."""
-        points = heatmaps_to_points(heatmaps.float().sigmoid())
+        in original-image pixels (pixel centres at integer coordinates), decoded by `landmark_points`."""
+        points = landmark_points(heatmaps)
         crops = crops.to(points)
-        left_top, side = crops[:, None, :2], crops[:, None, 2:]
-        return list((left_top + points * side - 0.5).cpu().numpy())
+        return list(normalized_to_pixels(points, crops[:, None, 2:], crops[:, None, :2]).cpu().numpy())
 
     @staticmethod
     def unwarp_parsing(logits: torch.Tensor, crop: Sequence[float], height: int, width: int, warp_factor: float):
@@ -198,7 +205,7 @@ class FaceptorImageProcessor(TorchvisionBackend):
             warped_y = tanh_warp(rows * logits.shape[-2], logits.shape[-2], warp_factor) / logits.shape[-2] * 2 - 1
             grid = torch.stack(torch.meshgrid(warped_x, warped_y, indexing="xy"), dim=-1)[None]
             sampled = F.grid_sample(logits[None].float(), grid, mode="bilinear", align_corners=False)
-            labels[start : start + len(rows)] = sampled[0].argmax(dim=0).to(torch.uint8)
+            labels[start : start + len(rows)] = parsing_labels(sampled)[0].to(torch.uint8)
         return labels
 
     @staticmethod
@@ -210,7 +217,8 @@ class FaceptorImageProcessor(TorchvisionBackend):
     ) -> list[np.ndarray]:
         """Raw parsing logits `(F, C, h, w)`, crops `(F, 3)` and each face's image size `(F, 2)` (height,
         width) -> per face an `(height, width)` uint8 label map of the original image; outside the crop the
-        label is 0 (background). With a `warp_factor`, the crops were tanh-warped and the warp is undone."""
+        label is 0 (background). With a `warp_factor`, the crops were tanh-warped and the warp is undone.
+        Labels are decoded by `parsing_labels` at the crop's resolution (at most `MAX_PARSING_SIDE`)."""
         if warp_factor > 0:
             return [
                 FaceptorImageProcessor.unwarp_parsing(face_logits, crop, int(height), int(width), warp_factor).numpy()
@@ -220,8 +228,7 @@ class FaceptorImageProcessor(TorchvisionBackend):
         for face_logits, crop, (height, width) in zip(logits.float(), crops.tolist(), image_sizes, strict=True):
             left, top, side = (int(round(value)) for value in crop)
             resolution = min(side, MAX_PARSING_SIDE)
-            upsampled = F.interpolate(face_logits[None], (resolution, resolution), mode="bilinear", align_corners=False)
-            labels = upsampled[0].argmax(dim=0).to(torch.uint8)
+            labels = parsing_labels(face_logits[None], (resolution, resolution))[0].to(torch.uint8)
             if resolution != side:
                 labels = F.interpolate(labels[None, None].float(), (side, side), mode="nearest")[0, 0].to(torch.uint8)
             canvas = torch.zeros(int(height), int(width), dtype=torch.uint8)
@@ -234,28 +241,27 @@ class FaceptorImageProcessor(TorchvisionBackend):
 
     @staticmethod
     def post_process_age(logits: torch.Tensor) -> np.ndarray:
-        """`(F, 101)` age logits -> `(F,)` ages: the expectation over ages 0..100 of the sigmoid outputs
-        normalised to sum to one, as the official DLDL-v2 age loss and evaluator."""
-        probabilities = F.normalize(logits.float().sigmoid(), p=1, dim=1)
-        ages = torch.arange(logits.shape[1], dtype=probabilities.dtype, device=logits.device)
-        return (probabilities * ages).sum(dim=1).cpu().numpy()
+        """`(F, 101)` age logits -> `(F,)` ages by `expected_age`: the expectation over ages 0..100 of the
+        sigmoid outputs normalised to sum to one, as the official DLDL-v2 age loss and evaluator."""
+        return expected_age(logits).cpu().numpy()
 
     @staticmethod
     def post_process_classification(logits: torch.Tensor, labels: Sequence[str]) -> list[dict[str, float]]:
-        """`(F, C)` logits -> per face {label: softmax probability}."""
-        probabilities = logits.float().softmax(dim=1).cpu().tolist()
+        """`(F, C)` logits -> per face {label: softmax probability} (`class_probabilities`)."""
+        probabilities = class_probabilities(logits).cpu().tolist()
         return [dict(zip(labels, row, strict=True)) for row in probabilities]
 
     @staticmethod
     def post_process_multilabel(logits: torch.Tensor, labels: Sequence[str]) -> list[dict[str, float]]:
-        """`(F, C)` logits -> per face {attribute: sigmoid probability}."""
-        probabilities = logits.float().sigmoid().cpu().tolist()
+        """`(F, C)` logits -> per face {attribute: sigmoid probability} (`attribute_probabilities`)."""
+        probabilities = attribute_probabilities(logits).cpu().tolist()
         return [dict(zip(labels, row, strict=True)) for row in probabilities]
 
     @staticmethod
     def post_process_embedding(features: torch.Tensor) -> np.ndarray:
-        """`(F, D)` identity features -> L2-normalised `(F, D)` embeddings (compare by dot product)."""
-        return F.normalize(features.float(), dim=1).cpu().numpy()
+        """`(F, D)` identity features -> L2-normalised `(F, D)` embeddings (`normalized_embeddings`; compare
+        by dot product)."""
+        return normalized_embeddings(features).cpu().numpy()
 
 
 FaceptorImageProcessor.register_for_auto_class("AutoImageProcessor")

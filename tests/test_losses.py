@@ -14,6 +14,7 @@ from faceptor.train.losses import (
     gaussian_heatmaps,
     landmark_loss,
     parsing_loss,
+    teacher_embedding_loss,
 )
 
 
@@ -110,3 +111,16 @@ def test_total_is_the_weighted_mean_of_equation_8():
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     with pytest.raises(ValueError, match="number of identities"):
         FaceptorLoss({"identity": specs["identity"]}, {"identity": 1.0})
+
+
+def test_teacher_embedding_loss_is_zero_only_for_the_teachers_directions():
+    teacher = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    assert teacher_embedding_loss(3 * teacher, teacher)["loss"].item() == pytest.approx(0, abs=1e-6)
+    student = torch.randn(6, 8, requires_grad=True)
+    parts = teacher_embedding_loss(student, teacher)
+    assert parts["direction"] > 0.1 and parts["relation"] > 0
+    parts["loss"].backward()
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    # An identity task learning from a teacher owns no CosFace class matrix.
+    losses = FaceptorLoss({"recog": {"kind": "embedding", "input_size": 32}}, {"recog": 1.0}, {}, 8, ["recog"])
+    assert not list(losses.parameters())

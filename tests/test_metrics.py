@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from faceptor.processing.decoding import expected_age
 from faceptor.task_presets import CELEBAMASK_HQ_CLASSES, LAPA_CLASSES
 from faceptor.train.metrics import (
     LANDMARK_PROTOCOLS,
@@ -16,7 +17,6 @@ from faceptor.train.metrics import (
     ced_auc_fr,
     compute_metrics_for_task,
     confusion_matrix,
-    expected_age,
     expression_scores,
     kfold_bounds,
     landmark_protocol,
@@ -183,7 +183,7 @@ def test_expected_age_reads_logits_as_the_official_evaluator():
     logits = np.full((2, 101), -30.0)
     logits[0, 30] = 30.0
     logits[1] = 0.0  # uniform: the mean age
-    np.testing.assert_allclose(expected_age(logits), [30.0, 50.0], atol=1e-6)
+    np.testing.assert_allclose(expected_age(torch.from_numpy(logits)), [30.0, 50.0], atol=1e-6)
 
 
 def test_expression_scores_by_hand():

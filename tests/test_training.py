@@ -13,7 +13,7 @@ from transformers import AutoModel
 
 from faceptor import FaceptorModel
 from faceptor.train.config import TrainingConfigError, load_training_config, parse_training_config
-from faceptor.train.multitask_data import MultiTaskStepDataset, TaskStream
+from faceptor.train.data.multitask import MultiTaskStepDataset, TaskStream
 from faceptor.train.run import build_trainer, check_sample, main
 from faceptor.train.synthetic import SyntheticTaskDataset
 
@@ -86,15 +86,18 @@ def test_two_learning_rates_and_no_decay_on_queries(tmp_path):
     assert not any(name.startswith("model.encoder.projection") for name in trained)
 
 
-def stage_one_model(tmp_path) -> Path:
-    trainer = train(tiny_raw(max_steps=2), tmp_path / "stage1")
-    trainer.save_model(str(tmp_path / "stage1"))
-    return tmp_path / "stage1"
+@pytest.fixture(scope="module")
+def stage_one_model(tmp_path_factory) -> Path:
+    """A stage-1 model, trained once for the tests that start from one (they only read it)."""
+    folder = tmp_path_factory.mktemp("stage1")
+    trainer = train(tiny_raw(max_steps=2), folder)
+    trainer.save_model(str(folder))
+    return folder
 
 
 @pytest.mark.parametrize("mode", ["layer_attention", "layer_attention_official"])
-def test_stage_two_trains_only_what_it_should(mode, tmp_path):
-    pretrained = stage_one_model(tmp_path)
+def test_stage_two_trains_only_what_it_should(mode, stage_one_model, tmp_path):
+    pretrained = stage_one_model
     raw = tiny_raw(max_steps=3)
     raw["model"] = {"pretrained": str(pretrained)}
     raw["stage"] = {"mode": mode, "open_layers": [1, 2]}
@@ -118,8 +121,8 @@ def test_stage_two_trains_only_what_it_should(mode, tmp_path):
     assert not torch.equal(after["decoder.level_embeddings"][1:], before["decoder.level_embeddings"][1:])
 
 
-def test_prompt_tuning_changes_only_the_new_tasks_queries(tmp_path):
-    pretrained = stage_one_model(tmp_path)
+def test_prompt_tuning_changes_only_the_new_tasks_queries(stage_one_model, tmp_path):
+    pretrained = stage_one_model
     raw = tiny_raw(max_steps=3)
     glasses = {"name": "glasses", "kind": "classification", "labels": ["none", "reading", "sun"], "input_size": 32}
     raw["model"] = {"pretrained": str(pretrained), "add_tasks": [glasses]}
@@ -134,16 +137,17 @@ def test_prompt_tuning_changes_only_the_new_tasks_queries(tmp_path):
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    raw = tiny_raw(max_steps=8, save_steps=4)
+    raw = tiny_raw(max_steps=4, save_steps=2)
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     assert main(["--config", str(config_path), "--output_dir", str(tmp_path / "straight")]) == 0
-    assert main(["--config", str(config_path), "--output_dir", str(tmp_path / "resumed")]) == 0
-    # Interrupt the second run after step 4: drop what came later, then resume.
+    # The same run interrupted after step 2: its folder, less what came later; then resume.
     import shutil
 
-    shutil.rmtree(tmp_path / "resumed" / "checkpoint-8")
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoint-4")
     (tmp_path / "resumed" / "model.safetensors").unlink()
+    assert sorted(path.name for path in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-2"]
     assert main(["--config", str(config_path), "--output_dir", str(tmp_path / "resumed"), "--resume"]) == 0
     straight = load_file(tmp_path / "straight" / "model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "model.safetensors")
@@ -186,6 +190,7 @@ def test_config_errors_are_named_before_training(tmp_path):
         check_sample(spec, bad, None, "task 'points'")
 
 
+@pytest.mark.slow
 def test_two_processes_with_accelerate_agree_and_save_a_loadable_model(tmp_path):
     raw = tiny_raw(max_steps=4, save_steps=1000)
     config_path = tmp_path / "tiny.yaml"
@@ -255,6 +260,9 @@ def test_training_reads_a_real_dataset_layout(tmp_path):
 def test_naive_faceptor_trains_from_the_same_config(tmp_path):
     raw = tiny_raw(max_steps=4)
     raw["model"]["architecture"] = "naive"
+    # Its heads scaled down with the tiny encoder (the YAML sizes only Faceptor's): 512-wide UperNet heads would
+    # make this the slowest test of the suite.
+    raw["model"]["config"].update(dense_channels=8, attribute_hidden_size=16, attribute_reduction_ratio=4)
     del raw["tasks"]["biattr_celeba"]  # an untrained task: its head is frozen, not left without gradient
     trainer = build_trainer(parse_training_config(copy.deepcopy(raw), "test"), str(tmp_path))
     model = trainer.accelerator.unwrap_model(trainer.model).model

@@ -1,1 +1,1 @@
-"""Training: losses, data, metrics and the multi-task Trainer (issues 5 and 6)."""
+"""Training: dataset readers, augmentation, losses, metrics and the multi-task Trainer."""

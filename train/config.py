@@ -31,6 +31,9 @@ TRAINING_DEFAULTS = {
 }
 
 
+# An identity (embedding) task's loss: "cosface" learns integer identity labels with a CosFace classifier (the
+# paper's); "teacher" distils embeddings, each sample's label being another model's (D,) embedding of the same face,
+# D the model's identity_embedding_size (`losses.teacher_embedding_loss`).
 EMBEDDING_LOSSES = ("cosface", "teacher")
 
 
@@ -46,7 +49,7 @@ class TaskTrainingConfig:
     data: dict[str, Any]
     num_identities: int | None = None
     eval: dict[str, Any] | None = None  # the data scored after training: {reader, root, split}
-    embedding_loss: str = "cosface"  # identity tasks: "cosface" (identity labels) or "teacher" (embeddings)
+    embedding_loss: str = "cosface"  # identity tasks: one of EMBEDDING_LOSSES
 
 
 @dataclass

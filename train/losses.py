@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..processing.geometry import heatmaps_to_points
+from ..processing.decoding import age_probabilities, expected_age, landmark_points
 
 HEATMAP_RADIUS = 5.0  # official AlignLoss(heatmap_radius=5.0), in heatmap pixels
 AGE_LABEL_STD = 2.0  # official normal_sampling(std=2)
@@ -36,7 +36,7 @@ def landmark_loss(maps: torch.Tensor, points: torch.Tensor, input_size: int) -> 
     mean L2 distance of the soft-argmax points (normalised coordinates) plus the BCE of the maps against
     Gaussian heatmaps."""
     target = (points + 0.5) / input_size
-    predicted = heatmaps_to_points(maps.sigmoid())
+    predicted = landmark_points(maps)
     coordinates = (target - predicted).norm(dim=-1).mean()
     heatmaps = gaussian_heatmaps(target, maps.shape[-2], maps.shape[-1])
     heatmap = F.binary_cross_entropy_with_logits(maps, heatmaps)
@@ -60,11 +60,10 @@ def age_loss(logits: torch.Tensor, ages: torch.Tensor) -> dict[str, torch.Tensor
     """DLDL-v2 (official AgeLoss_DLDLV2): on sigmoid outputs normalised to sum to one, the KL divergence to the
     Gaussian label distribution (summed over ages, averaged over the batch) plus the L1 error of the expected
     age."""
-    probabilities = F.normalize(logits.float().sigmoid(), p=1, dim=1)
+    probabilities = age_probabilities(logits)
     target = age_label_distribution(ages, logits.shape[1])
     kl = F.kl_div(probabilities.log(), target, reduction="sum") / logits.shape[0]
-    expected = (probabilities * torch.arange(logits.shape[1], device=logits.device)).sum(dim=1)
-    l1 = F.l1_loss(expected, ages.float())
+    l1 = F.l1_loss(expected_age(logits), ages.float())
     return {"loss": kl + l1, "kl": kl, "l1": l1}
 
 
@@ -107,9 +106,10 @@ class CosFaceLoss(nn.Module):
 
 
 def teacher_embedding_loss(embeddings: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Embedding distillation: `(B, D)` student and teacher embeddings of the same faces -> 1 - their cosine
-    (the student takes the teacher's directions) plus the squared error between the two batches' cosine
-    similarity matrices (the student keeps the teacher's distances between faces)."""
+    """Embedding distillation from any teacher model (a task's `embedding_loss: teacher`): `(B, D)` student and
+    teacher embeddings of the same faces -> 1 - their cosine (the student takes the teacher's directions) plus the
+    squared error between the two batches' cosine similarity matrices (the student keeps the teacher's distances
+    between faces). Neither needs to be normalised."""
     student = F.normalize(embeddings.float(), dim=1, eps=1e-8)
     target = F.normalize(teacher.float(), dim=1, eps=1e-8)
     direction = (1 - (student * target).sum(dim=1)).mean()

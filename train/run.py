@@ -20,8 +20,8 @@ from ..modeling_faceptor import FaceptorModel
 from ..modeling_naive_faceptor import NaiveFaceptorModel
 from ..processing.image_processing_faceptor import FaceptorImageProcessor
 from .config import TrainingConfig, TrainingConfigError, load_training_config
+from .data.multitask import TaskStream
 from .losses import FaceptorLoss
-from .multitask_data import TaskStream
 from .stages import freeze_for_mode
 from .synthetic import SyntheticTaskDataset
 from .trainer import LOSS_STATE_PREFIX, TRAINING_STATE_FILE, FaceptorTrainer, FaceptorTrainingModule
@@ -95,7 +95,7 @@ def build_dataset(config: TrainingConfig, task, spec: dict, teacher_embedding_si
         options.setdefault("num_identities", task.num_identities or 4)
         dataset = SyntheticTaskDataset(spec, seed=config.training_arguments["seed"], **options)
     else:
-        from .datasets import build_task_dataset
+        from .data.task_dataset import build_task_dataset
 
         dataset = build_task_dataset(spec, data["reader"], data["root"], data["split"], train=True)
     if len(dataset) == 0:
@@ -248,7 +248,7 @@ def final_metrics(trainer: FaceptorTrainer, config: TrainingConfig) -> dict[str,
     data) on its training samples; identity tasks need a verification set as `eval`."""
     import numpy as np
 
-    from .datasets import build_task_dataset
+    from .data.task_dataset import build_task_dataset
     from .evaluation import evaluate_task, evaluate_verification
 
     model = trainer.accelerator.unwrap_model(trainer.model).model

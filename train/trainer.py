@@ -13,12 +13,12 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from ..modeling_faceptor import FaceptorModel
+from .data.multitask import MultiTaskStepDataset, TaskStream, group_by_input_size
 from .losses import FaceptorLoss
-from .multitask_data import MultiTaskStepDataset, TaskStream, group_by_input_size
 
 TRAINING_STATE_FILE = "training_state.safetensors"  # the loss module's weights, as the converter writes them
 LOSS_STATE_PREFIX = "losses_module."
-QUERY_SET_FOLDER = "task_query_sets"  # one safetensors per task: its queries (the Hub format is issue 7's)
+QUERY_SET_FOLDER = "task_query_sets"  # one safetensors per task: its `task_state_dict`
 ENCODER_PREFIX = "model.encoder."
 NO_DECAY_MARKERS = ("query_", "level_embeddings", "position_embedding", "class_embedding")
 

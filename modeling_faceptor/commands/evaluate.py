@@ -16,7 +16,7 @@ from .errors import CommandError
 def command_evaluate(args: argparse.Namespace) -> None:
     from ..train.augmentation import build_eval_transform
     from ..train.data import READERS, DatasetFormatError, load_face_dataset
-    from ..train.datasets import build_task_dataset
+    from ..train.data.task_dataset import build_task_dataset
     from ..train.evaluation import evaluate_task, evaluate_verification, save_worst_cases
 
     if not os.path.isdir(args.model):

@@ -42,6 +42,7 @@ REMOTE_CODE_MODULES = (
     "outputs_faceptor",
     "task_presets",
     "task_query_sets",
+    "processing.decoding",
     "processing.detection",
     "processing.geometry",
     "processing.image_loading",

@@ -8,6 +8,9 @@ CPLFW `.bin` files, whose split is the target's name) to reader functions `reade
 `SPLITS` lists each one's split names. Splits and label mappings follow the official Faceptor readers
 (`core/data/dataset/*.py`); each reader's docstring gives the folder layout it expects. Images are stored as
 paths and decoded on access; malformed or missing inputs raise `DatasetFormatError` naming the file and line.
+
+Training takes them as samples: `task_dataset` (a reader's rows through a task's transforms, and
+`register_task_dataset` for data in a layout of your own) and `multitask` (each step's batch of every task).
 """
 
 from __future__ import annotations

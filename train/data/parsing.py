@@ -8,8 +8,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from faceptor.task_presets import CELEBAMASK_HQ_CLASSES, LAPA_CLASSES
-
 from .common import (
     DatasetFormatError,
     FileIndex,
@@ -141,12 +139,9 @@ def read_celebamask_hq(root: str | os.PathLike, split: str, *, merge_masks: bool
     return dataset
 
 
-CELEBAMASK_HQ_MASK_FEATURE = datasets.ClassLabel(names=list(CELEBAMASK_HQ_CLASSES))  # the mask's class names
-
 # ------------------------------------------------------------------------------------------------- LaPa
 
 LAPA_SPLITS = ("train", "val", "test", "train_val")
-LAPA_MASK_FEATURE = datasets.ClassLabel(names=list(LAPA_CLASSES))  # the mask's class names
 
 
 def read_lapa_landmarks(path: Path) -> np.ndarray:
@@ -175,7 +170,7 @@ def read_lapa(root: str | os.PathLike, split: str):
 
     Splits: `train` (18,168), `val` (2,000), `test` (2,000), `train_val` (what Faceptor trains on).
     Columns: image (Image(), path), mask (Image(), path of the label PNG), landmarks (106, 2), file_name
-    (`<subfolder>/<name>`). The class names of the mask values are `LAPA_MASK_FEATURE.names`.
+    (`<subfolder>/<name>`). The mask values index `LAPA_CLASSES`.
     """
     root = require_dir(root, "LaPa root folder")
     split = resolve_split("parsing_lapa", split, LAPA_SPLITS)

@@ -72,15 +72,6 @@ def unpack_record(payload: bytes, source: str | os.PathLike | None = None) -> tu
     return IRHeader(flag, label, id1, id2), body
 
 
-def pack_record(header: IRHeader, body: bytes) -> bytes:
-    """The payload of an MXNet image record (the inverse of `unpack_record`)."""
-    label = header.label
-    if isinstance(label, (int, float)):
-        return _IR_HEADER.pack(0, float(label), header.id, header.id2) + body
-    values = np.asarray(label, dtype="<f4")
-    return _IR_HEADER.pack(len(values), 0.0, header.id, header.id2) + values.tobytes() + body
-
-
 def frame_record(payload: bytes) -> bytes:
     """`payload` framed as dmlc-core's RecordIO writer frames it (split at aligned magic words)."""
     pieces, start = [], 0

@@ -12,11 +12,12 @@ Each metric has a vectorised numpy core (importable without `evaluate`) and an `
 | `embedding`      | `verification_scores` | `VerificationAccuracy` | accuracy, accuracy_std, best_threshold          |
 
 `metric_for_task(kind, dataset)` picks the metric; `compute_metrics_for_task` and `preprocess_logits_for_task`
-plug it into `transformers.Trainer`.
+plug it into `transformers.Trainer`, decoding raw outputs with `faceptor.processing.decoding` (the functions
+the image processor's `post_process_*` use).
 """
 
 from ._common import canonical_dataset
-from .attributes import age_scores, attribute_scores, classification_confusion, expected_age, expression_scores
+from .attributes import age_scores, attribute_scores, classification_confusion, expression_scores
 from .landmarks import (
     LANDMARK_PROTOCOLS,
     LandmarkProtocol,
@@ -27,15 +28,8 @@ from .landmarks import (
     unit_distances,
 )
 from .parsing import PARSING_CLASSES, ParsingConfusion, confusion_matrix, parsing_classes, parsing_scores
-from .tasks import (
-    TASK_KINDS,
-    compute_metrics_for_task,
-    landmark_points,
-    metric_for_task,
-    parsing_labels,
-    preprocess_logits_for_task,
-)
-from .verification import fuse_flipped, kfold_bounds, l2_normalize, split_pairs, verification_scores
+from .tasks import TASK_KINDS, compute_metrics_for_task, metric_for_task, preprocess_logits_for_task
+from .verification import fuse_flipped, kfold_bounds, split_pairs, verification_scores
 
 _MODULES = (
     "FaceLandmarkNME",
@@ -69,18 +63,14 @@ __all__ = [
     "classification_confusion",
     "compute_metrics_for_task",
     "confusion_matrix",
-    "expected_age",
     "expression_scores",
     "fuse_flipped",
     "kfold_bounds",
-    "l2_normalize",
-    "landmark_points",
     "landmark_protocol",
     "landmark_scores",
     "metric_for_task",
     "nme_per_sample",
     "parsing_classes",
-    "parsing_labels",
     "parsing_scores",
     "preprocess_logits_for_task",
     "split_pairs",

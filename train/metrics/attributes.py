@@ -1,6 +1,7 @@
 """Attribute-prediction metrics as the official evaluators: age (`age_evaluator.py`: MAE, CS@5, epsilon
 error), expression (`affect_evaluator.py`: top-1 accuracy) and binary attributes (`biattr_evaluator.py`:
-per-attribute accuracy and their mean). Rates are fractions in [0, 1] (the official logs print percent)."""
+per-attribute accuracy and their mean). Rates are fractions in [0, 1] (the official logs print percent).
+Raw logits are decoded to ages, classes and 0/1 attributes by `faceptor.processing.decoding`."""
 
 from __future__ import annotations
 
@@ -12,15 +13,6 @@ from ._common import to_numpy
 
 CS_THRESHOLD = 5.0  # official: |error| <= 5 years
 EPSILON_SIGMA = 3.0  # official AgeEvaluator_V2 uses a fixed std_label = 3.0
-
-
-def expected_age(logits) -> np.ndarray:
-    """`(B, A)` age logits -> `(B,)` ages as the official evaluator reads them: sigmoid, normalised to sum to
-    one (L1), expectation over ages 0..A-1."""
-    logits = to_numpy(logits).astype(np.float64)
-    probabilities = 1.0 / (1.0 + np.exp(-logits))
-    probabilities /= np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
-    return probabilities @ np.arange(logits.shape[1], dtype=np.float64)
 
 
 def age_scores(
@@ -89,7 +81,7 @@ def expression_scores(
 def attribute_scores(predictions, references, attribute_names: Sequence[str] | None = None) -> dict[str, float]:
     """`mean_accuracy` over attributes (the official CelebA metric) and `accuracy_<attribute>` of binary
     predictions vs labels `(B, A)`. As the official `binary_accuracy`, a label that is not 0/1 (e.g. -1 for
-    unknown) never matches. Use `(logits > 0)` for predictions from logits (official: round(sigmoid))."""
+    unknown) never matches. Decode logits with `decoding.attribute_labels` (logits > 0, official round(sigmoid))."""
     predictions = to_numpy(predictions).astype(np.int64)
     references = to_numpy(references).astype(np.int64)
     if predictions.ndim == 1:

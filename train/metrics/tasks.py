@@ -5,7 +5,7 @@
 
 `preprocess_logits_for_task` reduces raw head outputs batch by batch (heatmaps -> points, parsing logits ->
 label maps, ...), so the Trainer does not gather whole logit maps; `compute_metrics_for_task` accepts either
-the raw outputs or the reduced ones.
+the raw outputs or the reduced ones. Both decode with `faceptor.processing.decoding`, as the image processor.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ...processing.geometry import heatmaps_to_points
+from ...processing.decoding import attribute_labels, class_labels, expected_age, landmark_points, parsing_labels
+from ...processing.geometry import normalized_to_pixels
 from ._common import canonical_dataset, to_numpy
-from .attributes import expected_age
 
 TASK_KINDS = ("landmarks", "parsing", "age", "classification", "multilabel", "embedding")
 DENSE_INPUT_SIZE = 512
@@ -54,17 +53,10 @@ def metric_for_task(kind: str, dataset: str | None = None, **kwargs):
 # ----------------------------------------------------------------------------------- reducing raw outputs
 
 
-def landmark_points(maps: torch.Tensor, input_size: int = DENSE_INPUT_SIZE) -> torch.Tensor:
-    """Raw landmark maps `(B, N, h, w)` -> points `(B, N, 2)` in input pixels (pixel centres at integers, the
-    convention of the training labels): sigmoid, soft-argmax, times the input size, minus half a pixel."""
-    return heatmaps_to_points(maps.float().sigmoid()) * input_size - 0.5
-
-
-def parsing_labels(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Parsing logits `(B, C, h, w)` -> label maps `(B, H, W)`: bilinear upsampling, then argmax."""
-    if tuple(logits.shape[-2:]) != tuple(size):
-        logits = F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
-    return logits.argmax(dim=1)
+def _crop_pixel_points(maps: torch.Tensor, input_size: int) -> torch.Tensor:
+    """Raw landmark maps `(B, N, h, w)` -> points `(B, N, 2)` in input-crop pixels (pixel centres at integers,
+    the convention of the training labels)."""
+    return normalized_to_pixels(landmark_points(maps), input_size)
 
 
 def _first(outputs):
@@ -73,27 +65,32 @@ def _first(outputs):
     return outputs
 
 
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    # a writable copy only when needed: torch warns on (and must not write into) read-only arrays
+    return torch.from_numpy(np.require(array, requirements=("C", "W")))
+
+
 def preprocess_logits_for_task(
     kind: str, input_size: int = DENSE_INPUT_SIZE
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """`Trainer(preprocess_logits_for_metrics=...)` for one task kind: reduces a batch of raw outputs to what
-    the metric scores (points, label maps, ages, class indices, 0/1 attributes; embeddings unchanged)."""
+    the metric scores (points, label maps, ages, class indices, 0/1 attributes; embeddings unchanged), with
+    the decoding functions of `faceptor.processing.decoding`."""
     if kind not in TASK_KINDS:
         raise ValueError(f"Unknown task kind {kind!r}; expected one of {TASK_KINDS}.")
 
     def reduce(logits, labels):
         logits = _first(logits)
         if kind == "landmarks" and logits.ndim == 4:
-            return landmark_points(logits, input_size)
+            return _crop_pixel_points(logits, input_size)
         if kind == "parsing" and logits.ndim == 4:
             return parsing_labels(logits, tuple(labels.shape[-2:]))
         if kind == "age" and logits.ndim == 2:
-            probabilities = F.normalize(logits.float().sigmoid(), p=1, dim=1)
-            return probabilities @ torch.arange(logits.shape[1], device=logits.device, dtype=probabilities.dtype)
+            return expected_age(logits)
         if kind == "classification" and logits.ndim == 2:
-            return logits.argmax(dim=1)
+            return class_labels(logits)
         if kind == "multilabel" and logits.is_floating_point():
-            return (logits > 0).long()
+            return attribute_labels(logits)
         return logits
 
     return reduce
@@ -105,15 +102,19 @@ def prepare_inputs(
     """Raw or reduced model outputs and labels -> the (predictions, references) arrays the metric expects."""
     predictions, references = to_numpy(_first(predictions)), to_numpy(references)
     if kind == "landmarks" and predictions.ndim == 4:
-        predictions = landmark_points(torch.from_numpy(predictions), input_size).numpy()
+        predictions = _crop_pixel_points(_as_tensor(predictions), input_size).numpy()
     elif kind == "parsing" and predictions.ndim == 4:
-        predictions = parsing_labels(torch.from_numpy(predictions), references.shape[-2:]).numpy()
+        predictions = parsing_labels(_as_tensor(predictions), references.shape[-2:]).numpy()
     elif kind == "age" and predictions.ndim == 2:
-        predictions = expected_age(predictions)
+        # in float64, the precision of the other numpy metric inputs
+        predictions = expected_age(_as_tensor(predictions.astype(np.float64))).numpy()
     elif kind == "classification" and predictions.ndim == 2:
-        predictions = predictions.argmax(axis=1)
+        predictions = class_labels(_as_tensor(predictions)).numpy()
     elif kind == "multilabel" and np.issubdtype(predictions.dtype, np.floating):
-        predictions = (predictions > (0.0 if from_logits else 0.5)).astype(np.int64)
+        if from_logits:
+            predictions = attribute_labels(_as_tensor(predictions)).numpy()
+        else:  # already probabilities
+            predictions = (predictions > 0.5).astype(np.int64)
     elif kind == "embedding":
         from .verification import split_pairs
 

@@ -13,18 +13,18 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from ...processing.decoding import normalized_embeddings
 from ._common import to_numpy
 
 THRESHOLDS = np.arange(0, 4, 0.01)  # insightface calculate_roc
 NUM_FOLDS = 10
 
 
-def l2_normalize(embeddings) -> np.ndarray:
-    """Rows divided by their L2 norm (zero rows stay zero, as sklearn's `normalize`)."""
-    embeddings = to_numpy(embeddings).astype(np.float64)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return embeddings / np.where(norms == 0, 1.0, norms)
+def _float64_tensor(embeddings) -> torch.Tensor:
+    # float64, as insightface scores in numpy's default precision
+    return torch.from_numpy(to_numpy(embeddings).astype(np.float64))
 
 
 def fuse_flipped(embeddings, flipped_embeddings) -> np.ndarray:
@@ -60,7 +60,7 @@ def verification_scores(
     """Verification of pairs (`embeddings1[i]`, `embeddings2[i]`) labelled `issame[i]`: `accuracy` and
     `accuracy_std` over the folds, `best_threshold` and `best_threshold_std` (squared-L2 distances)."""
     thresholds = THRESHOLDS if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    first, second = l2_normalize(embeddings1), l2_normalize(embeddings2)
+    first, second = (normalized_embeddings(_float64_tensor(side)).numpy() for side in (embeddings1, embeddings2))
     issame = to_numpy(issame).astype(bool).reshape(-1)
     if first.shape != second.shape:
         raise ValueError(f"Pair sides differ in shape: {first.shape} vs {second.shape}.")

