@@ -42,6 +42,10 @@ set_hub_integration(_hub_integration())
 
 from .demo_model import DEMO_MODEL_DIR  # noqa: E402
 
+for _config_class in (FaceptorConfig, NaiveFaceptorConfig):
+    # A saved config's `custom_pipelines` entry would otherwise ask for trust_remote_code though the package
+    # provides the pipeline; the Hub copies of the configs (remote code) keep reading it.
+    _config_class.local_pipeline_tasks = frozenset({"face-perception"})
 if "face-perception" not in PIPELINE_REGISTRY.supported_tasks:
     # With no model named, the pipeline loads the bundled demo model (transformers says so in a warning).
     PIPELINE_REGISTRY.register_pipeline(

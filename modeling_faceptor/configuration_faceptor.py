@@ -110,6 +110,21 @@ class TaskSpec:
 class TaskConfigMixin:
     """What every Faceptor-family config derives from its `tasks` and encoder depth."""
 
+    # Pipeline tasks the installed `faceptor` package registers itself (set by its __init__; empty as remote
+    # code): a saved `custom_pipelines` entry for them would make transformers ask for trust_remote_code.
+    local_pipeline_tasks = frozenset()
+
+    def drop_local_pipelines(self) -> None:
+        """Forgets the `custom_pipelines` entries of the pipelines registered locally."""
+        pipelines = getattr(self, "custom_pipelines", None)
+        if not pipelines or not self.local_pipeline_tasks:
+            return
+        kept = {task: info for task, info in pipelines.items() if task not in self.local_pipeline_tasks}
+        if kept:
+            self.custom_pipelines = kept
+        else:
+            del self.custom_pipelines
+
     @property
     def task_specs(self) -> dict[str, TaskSpec]:
         """The tasks by name, as [`TaskSpec`] objects, in config order."""
@@ -196,6 +211,7 @@ class FaceptorConfig(TaskConfigMixin, PreTrainedConfig):
         self.tasks = [TaskSpec.from_any(spec).to_dict() for spec in self.tasks]
         self.decoder_feature_layers = [int(layer) for layer in self.decoder_feature_layers]
         super().__post_init__(**kwargs)
+        self.drop_local_pipelines()
         self.validate_architecture()
 
     def validate_architecture(self) -> None:

@@ -131,6 +131,7 @@ class NaiveFaceptorConfig(TaskConfigMixin, PreTrainedConfig):
             raise ValueError(f"task_groups must map group names to task names, got {type(self.task_groups).__name__}.")
         self.task_groups = {str(group): list(names) for group, names in self.task_groups.items()}
         super().__post_init__(**kwargs)
+        self.drop_local_pipelines()
         self.validate_architecture()
 
     def validate_architecture(self) -> None:

@@ -53,3 +53,14 @@ def tanh_unwarp(coords, size: int, warp_factor: float):
     argument = xp.clip((xp.abs(u) - (1 - f)) / f, -0.999, 0.999)
     u = xp.where(outer, xp.sign(u) * ((1 - f) + f * xp.arctanh(argument)), u)
     return (u + 1) / 2 * size
+
+
+def square_crops(boxes: torch.Tensor, scales: torch.Tensor | float) -> torch.Tensor:
+    """Face boxes `(F, 4)` as (x0, y0, x1, y1) and their enlargement `scales` -> crops `(F, 3)` as (left, top,
+    side) in whole pixels: the square centred on each box with side `scale` times the box's longer side, at least
+    one pixel. Rounds half to even, as Python's `round` (pass float64 boxes to get its results exactly)."""
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    sides = (torch.maximum(widths, heights) * scales).round().clamp(min=1)
+    lefts = ((boxes[:, 0] + boxes[:, 2]) / 2 - sides / 2).round()
+    tops = ((boxes[:, 1] + boxes[:, 3]) / 2 - sides / 2).round()
+    return torch.stack([lefts, tops, sides], dim=1)

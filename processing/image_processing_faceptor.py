@@ -1,16 +1,19 @@
-"""Image processor of Faceptor: face crops per task category in, named results out.
+"""Image processor of Faceptor: face crops per task category in, decoded results in image coordinates out.
 
 Preprocessing follows the official test transforms: dense tasks (landmarks, parsing) read a 512-px crop
 normalised with CLIP's mean/std; attribute and identity tasks read a 112-px crop normalised with mean/std
 0.5. A crop is the square around a face box, enlarged by a per-group factor (the official landmark test
 zooms the 300W box out by 1/0.8), or the whole image, padded to a square, when the image is already a
-face crop. `post_process_*` decode the model's raw outputs with the shared `decoding` functions (those the
-training metrics use) and map them back to the original image and to names.
+face crop. Crops are cut on the images' device (face by face with the training crops' antialiased resize; one
+`grid_sample` per image for tanh-warped parsing crops), so memory follows the crops, not the images.
+`post_process` decodes the model's raw outputs with the shared `decoding` functions (those the training
+metrics use) on the outputs' device and maps them back to the original images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,15 +31,18 @@ from .decoding import (
     normalized_embeddings,
     parsing_labels,
 )
-from .geometry import normalized_to_pixels, tanh_unwarp, tanh_warp
+from .geometry import normalized_to_pixels, square_crops, tanh_unwarp, tanh_warp
 from .image_loading import load_image
+from .mask_encoding import label_map_runs
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
 # Which crop group feeds each task category.
 CATEGORY_GROUP = {"dense": "dense", "attribute": "face", "identity": "face"}
-MAX_PARSING_SIDE = 1024  # logits are upsampled at most this far; labels beyond it by nearest neighbour
+GROUPS = ("dense", "face", "parsing")
+# Elements of one band of upsampled parsing logits: bounds the memory of a huge face's label map.
+PARSING_BAND_ELEMENTS = 2**24
 
 
 class FaceptorImageProcessorKwargs(ImagesKwargs, total=False):
@@ -76,6 +82,13 @@ class FaceptorImageProcessor(TorchvisionBackend):
             trained on LaPa as the official recipe; 0 for CelebAMask-HQ). When positive, parsing tasks read
             their own "parsing" crops, warped so the whole image fits into the crop border, and
             `post_process_parsing` undoes the warp.
+
+    Size groups: one model call reads crops of one size, so the processor makes the crops of one group at a time
+    for the model: `processor(images, boxes=..., tasks=model.resolve_tasks([...]))` returns `pixel_values` of the
+    group of those tasks (all of one group) and their names as `tasks`, so `model(**inputs)` decodes exactly
+    them; `group="dense" | "face" | "parsing"` picks a group directly. `post_process(outputs, tasks,
+    image_sizes, boxes)` turns the raw outputs back into image coordinates. Called with `groups=(...)` instead,
+    the processor returns every listed group's crops and their geometry under group-suffixed keys.
     """
 
     valid_kwargs = FaceptorImageProcessorKwargs
@@ -96,92 +109,219 @@ class FaceptorImageProcessor(TorchvisionBackend):
             return "parsing"
         return CATEGORY_GROUP[category]
 
+    def groups_of(self, tasks: Sequence[Any]) -> dict[str, list[Any]]:
+        """Task specs (`TaskSpec`s or their dicts, e.g. from `model.resolve_tasks`) by the crop group they read,
+        in the order of `GROUPS`."""
+        found = {group: [] for group in GROUPS}
+        for spec in tasks:
+            found[self.group_for(_field(spec, "kind"), _field(spec, "category"))].append(spec)
+        return {group: specs for group, specs in found.items() if specs}
+
     def group_settings(self, group: str) -> tuple[int, tuple, tuple, float]:
         if group not in ("dense", "face", "parsing"):
             raise ValueError(f"Unknown crop group {group!r}; expected 'dense', 'face' or 'parsing'.")
         prefix = "dense" if group == "parsing" else group
         return tuple(getattr(self, f"{prefix}_{name}") for name in ("size", "mean", "std", "box_scale"))
 
-    def warped_crop(self, image: torch.Tensor, crop: tuple[int, int, int]) -> torch.Tensor:
-        """A tanh-warped parsing crop: each output pixel samples (bilinear) the image where `tanh_unwarp` puts
-        it, so the face fills the centre and the rest of the image is squeezed into the border."""
-        size, mean, std, _ = self.group_settings("parsing")
-        left, top, side = crop
-        height, width = image.shape[-2:]
-        centres = torch.arange(size, dtype=torch.float32) + 0.5
-        source = tanh_unwarp(centres, size, self.parsing_warp_factor) * (side / size)
-        xs, ys = (left + source) / width * 2 - 1, (top + source) / height * 2 - 1
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
-        patch = F.grid_sample(image[None].float() / 255.0, grid, mode="bilinear", align_corners=False)[0]
-        return tvF.normalize(patch, list(mean), list(std))
+    # ------------------------------------------------------------------------------------------- geometry
 
-    def crop_face(self, image: torch.Tensor, crop: tuple[int, int, int], group: str) -> torch.Tensor:
-        """`(3, H, W)` uint8 image and a `(left, top, side)` crop -> normalised `(3, size, size)` float crop;
-        the parts outside the image are black, as the official warps leave them."""
-        if group == "parsing":
-            return self.warped_crop(image, crop)
+    def face_geometry(
+        self,
+        image_sizes: Sequence[Sequence[int]],
+        boxes: Sequence[Sequence[Sequence[float]] | None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per image `(height, width)` and its face boxes (`None`: the image is one face crop) -> per face, on the
+        CPU: `face_boxes` `(F, 4)` float64, `whole_image` `(F,)`, `image_index` `(F,)` and `image_sizes` `(F, 2)`
+        (height, width). Float64 so the crops round exactly as `square_crop` does."""
+        if boxes is None:
+            boxes = [None] * len(image_sizes)
+        if len(boxes) != len(image_sizes):
+            raise ValueError(f"Got boxes for {len(boxes)} images but {len(image_sizes)} images.")
+        face_boxes, whole_image, image_index, sizes = [], [], [], []
+        for index, ((height, width), image_boxes) in enumerate(zip(image_sizes, boxes, strict=True)):
+            whole = image_boxes is None
+            for box in [[0, 0, width, height]] if whole else image_boxes:
+                box = [float(value) for value in box]
+                if len(box) != 4 or not box[2] > box[0] or not box[3] > box[1]:
+                    raise ValueError(f"Face box {box} must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0.")
+                face_boxes.append(box)
+                whole_image.append(whole)
+                image_index.append(index)
+                sizes.append([int(height), int(width)])
+        return {
+            "face_boxes": torch.tensor(face_boxes, dtype=torch.float64).reshape(-1, 4),
+            "whole_image": torch.tensor(whole_image, dtype=torch.bool),
+            "image_index": torch.tensor(image_index, dtype=torch.long),
+            "image_sizes": torch.tensor(sizes, dtype=torch.long).reshape(-1, 2),
+        }
+
+    def crop_boxes(self, face_boxes: torch.Tensor, whole_image: torch.Tensor, group: str) -> torch.Tensor:
+        """Faces' boxes `(F, 4)` and whole-image flags `(F,)` -> their `group` crops `(F, 3)` float32 as (left,
+        top, side): the group's box scale around a detected or given box, 1 for a whole image (already a face
+        crop, only padded to a square)."""
+        scale = self.group_settings(group)[3]
+        scales = torch.where(whole_image.to(face_boxes.device), 1.0, scale).to(torch.float64)
+        return square_crops(face_boxes.to(torch.float64), scales).float()
+
+    # ---------------------------------------------------------------------------------------------- crops
+
+    def crop_faces(
+        self, images: Sequence[torch.Tensor], crops: torch.Tensor, image_index: torch.Tensor, group: str
+    ) -> torch.Tensor:
+        """`(3, H, W)` uint8 images on one device, `(F, 3)` crops (left, top, side) and each crop's image index ->
+        normalised `(F, 3, size, size)` float crops on that device, the parts outside an image black (as the
+        official warps leave them). Plain crops are cropped and resized (antialiased) face by face, exactly as the
+        training transforms crop; "parsing" crops with a warp
+        factor are tanh-warped (`warped_crops`)."""
         size, mean, std, _ = self.group_settings(group)
-        left, top, side = crop
-        patch = tvF.crop(image, top, left, side, side)  # pads with zeros outside the image
-        patch = tvF.resize(patch, [size, size], antialias=True)
-        patch = patch.float() / 255.0
-        return tvF.normalize(patch, list(mean), list(std))
+        device = images[0].device if images else crops.device
+        crops, image_index = crops.to(device, torch.float32), image_index.to(device)
+        if group == "parsing" and self.parsing_warp_factor > 0:
+            pixels = self.warped_crops(images, crops, image_index, size)
+        else:
+            # Face by face, the crop and antialiased resize the models were trained with: one batched roi_align
+            # (box-averaged samples) moved pixels by up to 9 grey levels (mean 0.5) against the training crops.
+            patches = [
+                tvF.resize(tvF.crop(images[index], top, left, side, side), [size, size], antialias=True)
+                for (left, top, side), index in zip(crops.round().int().tolist(), image_index.tolist(), strict=True)
+            ]
+            pixels = torch.stack(patches).float() if patches else torch.zeros(0, 3, size, size, device=device)
+        return tvF.normalize(pixels / 255.0, list(mean), list(std))
+
+    def warped_crops(
+        self, images: Sequence[torch.Tensor], crops: torch.Tensor, image_index: torch.Tensor, size: int
+    ) -> torch.Tensor:
+        """Tanh-warped parsing crops `(F, 3, size, size)`, unnormalised 0-255: each output pixel samples
+        (bilinear) its image where `tanh_unwarp` puts it, so the face fills the centre and the rest of the image
+        is squeezed into the border. One `grid_sample` per image: its faces' grids stacked along the height."""
+        device = crops.device
+        centres = torch.arange(size, dtype=torch.float32, device=device) + 0.5
+        source = tanh_unwarp(centres, size, self.parsing_warp_factor)  # (size,) in crop pixels of a `size` crop
+        pixels = torch.zeros(len(crops), 3, size, size, device=device)
+        for index in dict.fromkeys(image_index.tolist()):
+            image = images[index]
+            height, width = image.shape[-2:]
+            rows = (image_index == index).nonzero().squeeze(1)
+            left, top, side = crops[rows].unbind(1)
+            xs = (left[:, None] + source * (side[:, None] / size)) / width * 2 - 1  # (f, size)
+            ys = (top[:, None] + source * (side[:, None] / size)) / height * 2 - 1
+            grid = torch.stack([xs[:, None, :].expand(-1, size, -1), ys[:, :, None].expand(-1, -1, size)], dim=-1)
+            sampled = F.grid_sample(
+                image[None].float(), grid.reshape(1, -1, size, 2), mode="bilinear", align_corners=False
+            )
+            pixels[rows] = sampled[0].reshape(3, len(rows), size, size).transpose(0, 1)
+        return pixels
 
     def preprocess(
         self,
         images,
         boxes: Sequence[Sequence[Sequence[float]] | None] | None = None,
-        groups: Sequence[str] = ("dense", "face"),
+        tasks: Sequence[Any] | None = None,
+        group: str | None = None,
+        groups: Sequence[str] | None = None,
+        device: str | torch.device | None = None,
         return_tensors: str | None = "pt",
     ) -> BatchFeature:
         r"""
-        images: an image or a list (paths, PIL images or numpy arrays).
+        images: an image or a list (paths, PIL images, numpy arrays or `(3, H, W)` uint8 tensors).
         boxes: per image, a list of face boxes `[x0, y0, x1, y1]` in pixels, or `None` when the image is
             already one face crop (then the whole image is used, padded to a square).
-        groups: which crops to make: `"dense"` (512 px) and/or `"face"` (112 px).
-
-        Returns a `BatchFeature` with, for F faces over all images: `pixel_values_<group>` `(F, 3, S, S)`,
-        `crops_<group>` `(F, 3)` (left, top, side in original pixels), `face_boxes` `(F, 4)`,
-        `image_index` `(F,)` and `image_sizes` `(N, 2)` as (height, width).
+        tasks: the task specs to prepare for (`model.resolve_tasks(names)` or `model.config.tasks`), all reading
+            one size group; the output is what `model(**inputs)` takes: `pixel_values` `(F, 3, S, S)` for the F
+            faces over all images and `tasks`, the names.
+        group: `"dense"` (512 px), `"face"` (112 px) or `"parsing"` (warped dense crops): `pixel_values` of that
+            group (with `tasks` when given).
+        groups: instead of `tasks`/`group` (and the default, with `("dense", "face")`), every listed group's crops
+            and their geometry:
+            `pixel_values_<group>` `(F, 3, S, S)`, `crops_<group>` `(F, 3)` (left, top, side in original pixels),
+            `face_boxes` `(F, 4)`, `image_index` `(F,)` and `image_sizes` `(N, 2)` as (height, width).
+        device: where to crop (the images travel there once as uint8); the CPU by default.
         """
         if not isinstance(images, (list, tuple)):
             images = [images]
             boxes = None if boxes is None else [boxes]
-        if boxes is None:
-            boxes = [None] * len(images)
-        if len(boxes) != len(images):
-            raise ValueError(f"Got boxes for {len(boxes)} images but {len(images)} images.")
-        data = {f"pixel_values_{group}": [] for group in groups}
-        data.update({f"crops_{group}": [] for group in groups})
-        face_boxes, image_index, image_sizes = [], [], []
-        for index, (image, image_boxes) in enumerate(zip(images, boxes, strict=True)):
-            array = load_image(image)
-            height, width = array.shape[:2]
-            image_sizes.append([height, width])
-            tensor = torch.from_numpy(array).permute(2, 0, 1)
-            whole_image = image_boxes is None
-            for box in [[0, 0, width, height]] if whole_image else image_boxes:
-                box = [float(value) for value in box]
-                if len(box) != 4 or not box[2] > box[0] or not box[3] > box[1]:
-                    raise ValueError(f"Face box {box} must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0.")
-                face_boxes.append(box)
-                image_index.append(index)
-                for group in groups:
-                    scale = 1.0 if whole_image else self.group_settings(group)[3]
-                    crop = square_crop(box, scale)
-                    data[f"pixel_values_{group}"].append(self.crop_face(tensor, crop, group))
-                    data[f"crops_{group}"].append(list(crop))
-        for group in groups:
-            size = self.group_settings(group)[0]
-            pixels = data[f"pixel_values_{group}"]
-            data[f"pixel_values_{group}"] = torch.stack(pixels) if pixels else torch.zeros(0, 3, size, size)
-            data[f"crops_{group}"] = torch.tensor(data[f"crops_{group}"], dtype=torch.float32).reshape(-1, 3)
-        data["face_boxes"] = torch.tensor(face_boxes, dtype=torch.float32).reshape(-1, 4)
-        data["image_index"] = torch.tensor(image_index, dtype=torch.long)
-        data["image_sizes"] = torch.tensor(image_sizes, dtype=torch.long).reshape(-1, 2)
+        tensors = [
+            image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(load_image(image)))
+            .permute(2, 0, 1) for image in images
+        ]  # fmt: skip
+        tensors = [tensor.to(device) for tensor in tensors] if device is not None else tensors
+        geometry = self.face_geometry([tuple(tensor.shape[-2:]) for tensor in tensors], boxes)
+        task_names = None
+        if groups is None and tasks is None and group is None:
+            groups = ("dense", "face")  # the form of earlier versions, which callers still read
+        if groups is None:
+            if tasks is not None:
+                by_group = self.groups_of(tasks)
+                if len(by_group) != 1 or (group is not None and group not in by_group):
+                    raise ValueError(
+                        f"Tasks {[_field(spec, 'name') for spec in tasks]} read the crop groups {list(by_group)}: "
+                        "one model call takes crops of one group, so prepare each group's tasks separately."
+                    )
+                group = next(iter(by_group))
+                task_names = [_field(spec, "name") for spec in tasks]
+            crops = self.crop_boxes(geometry["face_boxes"], geometry["whole_image"], group)
+            data = {"pixel_values": self.crop_faces(tensors, crops, geometry["image_index"], group)}
+            if task_names is not None:
+                data["tasks"] = task_names
+            # The names are not tensors: build the feature without conversion, its tensors are torch already.
+            return BatchFeature(data=data)
+        data = {}
+        for name in groups:
+            crops = self.crop_boxes(geometry["face_boxes"], geometry["whole_image"], name)
+            data[f"pixel_values_{name}"] = self.crop_faces(tensors, crops, geometry["image_index"], name)
+            data[f"crops_{name}"] = crops
+        data["face_boxes"] = geometry["face_boxes"].float()
+        data["image_index"] = geometry["image_index"]
+        data["image_sizes"] = torch.tensor([list(tensor.shape[-2:]) for tensor in tensors], dtype=torch.long)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ------------------------------------------------------------------------------------- post-processing
+
+    def post_process(
+        self,
+        outputs: Any,
+        tasks: Sequence[Any],
+        image_sizes: Sequence[Sequence[int]],
+        boxes: Sequence[Sequence[Sequence[float]] | None] | None = None,
+        parsing_format: str = "label_map",
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The model's raw outputs (a `FaceptorOutput` or its `task_outputs`, rows in the order of the
+        processor's `pixel_values`), the task specs, and the images' `(height, width)` and face boxes as given to
+        the processor -> per task, decoded on the outputs' device: `landmarks` `(F, N, 2)` (x, y) in image
+        pixels; `parsing` a list of F `(height, width)` uint8 label maps of each face's image (background outside
+        its crop), or with `parsing_format="runs"` their run-length encodings `(R, 2)` (`label_map_runs`);
+        `age` `(F,)` years; `classification` `(F, C)` and `multilabel` `(F, A)` probabilities; `embedding`
+        `(F, D)` L2-normalised."""
+        raw = outputs.task_outputs if hasattr(outputs, "task_outputs") else outputs
+        if parsing_format not in ("label_map", "runs"):
+            raise ValueError(f"parsing_format must be 'label_map' or 'runs', got {parsing_format!r}")
+        geometry = self.face_geometry(image_sizes, boxes)
+        crops: dict[str, torch.Tensor] = {}
+        decoded = {}
+        for spec in tasks:
+            name, kind = _field(spec, "name"), _field(spec, "kind")
+            values = raw[name]
+            group = self.group_for(kind, _field(spec, "category"))
+            if group not in crops:
+                crops[group] = self.crop_boxes(geometry["face_boxes"], geometry["whole_image"], group)
+            group_crops = crops[group].to(values.device)
+            if kind == "landmarks":
+                decoded[name] = normalized_to_pixels(
+                    landmark_points(values), group_crops[:, None, 2:], group_crops[:, None, :2]
+                )
+            elif kind == "parsing":
+                warp = self.parsing_warp_factor if group == "parsing" else 0.0
+                maps = self.parsing_label_maps(values, group_crops, geometry["image_sizes"], warp)
+                decoded[name] = label_map_runs(maps) if parsing_format == "runs" else maps
+            elif kind == "age":
+                decoded[name] = expected_age(values)
+            elif kind == "classification":
+                decoded[name] = class_probabilities(values)
+            elif kind == "multilabel":
+                decoded[name] = attribute_probabilities(values)
+            else:
+                decoded[name] = normalized_embeddings(values)
+        return decoded
 
     @staticmethod
     def post_process_landmarks(heatmaps: torch.Tensor, crops: torch.Tensor) -> list[np.ndarray]:
@@ -192,21 +332,50 @@ class FaceptorImageProcessor(TorchvisionBackend):
         return list(normalized_to_pixels(points, crops[:, None, 2:], crops[:, None, :2]).cpu().numpy())
 
     @staticmethod
-    def unwarp_parsing(logits: torch.Tensor, crop: Sequence[float], height: int, width: int, warp_factor: float):
-        """Labels `(height, width)` of a whole image from the logits `(C, h, w)` of a tanh-warped crop: each
-        image pixel reads the logits where `tanh_warp` sent it (bilinear), a band of rows at a time."""
-        left, top, side = (float(value) for value in crop)
-        columns = (torch.arange(width, dtype=torch.float32) + 0.5 - left) / side
-        warped_x = tanh_warp(columns * logits.shape[-1], logits.shape[-1], warp_factor) / logits.shape[-1] * 2 - 1
-        labels = torch.empty(height, width, dtype=torch.uint8)
-        band = max(1, 2**20 // max(width, 1))
-        for start in range(0, height, band):
-            rows = (torch.arange(start, min(start + band, height), dtype=torch.float32) + 0.5 - top) / side
-            warped_y = tanh_warp(rows * logits.shape[-2], logits.shape[-2], warp_factor) / logits.shape[-2] * 2 - 1
-            grid = torch.stack(torch.meshgrid(warped_x, warped_y, indexing="xy"), dim=-1)[None]
-            sampled = F.grid_sample(logits[None].float(), grid, mode="bilinear", align_corners=False)
-            labels[start : start + len(rows)] = parsing_labels(sampled)[0].to(torch.uint8)
-        return labels
+    def parsing_label_maps(
+        logits: torch.Tensor,
+        crops: torch.Tensor,
+        image_sizes: torch.Tensor | Sequence[Sequence[int]],
+        warp_factor: float = 0.0,
+    ) -> list[torch.Tensor]:
+        """Raw parsing logits `(F, C, h, w)`, crops `(F, 3)` and each face's image size `(F, 2)` (height, width)
+        -> per face an `(height, width)` uint8 label map of its image, on the logits' device. Each image pixel
+        reads the logits bilinearly where its crop saw it (through `tanh_warp` with a `warp_factor`), then
+        `parsing_labels` takes the arg-max; without a warp only the crop's part of the image is computed, the
+        rest is background. The same sampling as upsampling the logits to the crop's side with `F.interpolate`
+        (clamped at the border), without materialising the crop beyond the image; rows in bands to bound memory."""
+        device = logits.device
+        crops = torch.as_tensor(crops, dtype=torch.float32).to(device)
+        sizes = torch.as_tensor(image_sizes).tolist()
+        label_maps = []
+        for face_logits, (left, top, side), (height, width) in zip(logits, crops.tolist(), sizes, strict=True):
+            canvas = torch.zeros(int(height), int(width), dtype=torch.uint8, device=device)
+            if warp_factor > 0:
+                x0, y0, x1, y1 = 0, 0, int(width), int(height)
+            else:
+                x0, y0 = max(int(left), 0), max(int(top), 0)
+                x1, y1 = min(int(left + side), int(width)), min(int(top + side), int(height))
+            if x1 <= x0 or y1 <= y0:
+                label_maps.append(canvas)
+                continue
+            map_height, map_width = face_logits.shape[-2:]
+            pixel_columns = torch.arange(x0, x1, dtype=torch.float32, device=device)
+            columns = _crop_grid(pixel_columns, left, side, map_width, warp_factor)
+            band = max(1, PARSING_BAND_ELEMENTS // max(1, (x1 - x0) * face_logits.shape[0]))
+            for start in range(y0, y1, band):
+                stop = min(start + band, y1)
+                pixel_rows = torch.arange(start, stop, dtype=torch.float32, device=device)
+                rows = _crop_grid(pixel_rows, top, side, map_height, warp_factor)
+                grid = torch.stack(torch.meshgrid(columns, rows, indexing="xy"), dim=-1)[None]
+                # "border" reproduces `F.interpolate`'s clamping at the crop's edge; beyond a warped crop's
+                # border the logits are zero, as the official unwarping leaves them.
+                padding = "zeros" if warp_factor > 0 else "border"
+                sampled = F.grid_sample(
+                    face_logits[None].float(), grid, mode="bilinear", padding_mode=padding, align_corners=False
+                )
+                canvas[start:stop, x0:x1] = parsing_labels(sampled)[0].to(torch.uint8)
+            label_maps.append(canvas)
+        return label_maps
 
     @staticmethod
     def post_process_parsing(
@@ -215,29 +384,10 @@ class FaceptorImageProcessor(TorchvisionBackend):
         image_sizes: torch.Tensor | Sequence[Sequence[int]],
         warp_factor: float = 0.0,
     ) -> list[np.ndarray]:
-        """Raw parsing logits `(F, C, h, w)`, crops `(F, 3)` and each face's image size `(F, 2)` (height,
-        width) -> per face an `(height, width)` uint8 label map of the original image; outside the crop the
-        label is 0 (background). With a `warp_factor`, the crops were tanh-warped and the warp is undone.
-        Labels are decoded by `parsing_labels` at the crop's resolution (at most `MAX_PARSING_SIDE`)."""
-        if warp_factor > 0:
-            return [
-                FaceptorImageProcessor.unwarp_parsing(face_logits, crop, int(height), int(width), warp_factor).numpy()
-                for face_logits, crop, (height, width) in zip(logits, crops.tolist(), image_sizes, strict=True)
-            ]
-        label_maps = []
-        for face_logits, crop, (height, width) in zip(logits.float(), crops.tolist(), image_sizes, strict=True):
-            left, top, side = (int(round(value)) for value in crop)
-            resolution = min(side, MAX_PARSING_SIDE)
-            labels = parsing_labels(face_logits[None], (resolution, resolution))[0].to(torch.uint8)
-            if resolution != side:
-                labels = F.interpolate(labels[None, None].float(), (side, side), mode="nearest")[0, 0].to(torch.uint8)
-            canvas = torch.zeros(int(height), int(width), dtype=torch.uint8)
-            x0, y0 = max(left, 0), max(top, 0)
-            x1, y1 = min(left + side, int(width)), min(top + side, int(height))
-            if x1 > x0 and y1 > y0:
-                canvas[y0:y1, x0:x1] = labels[y0 - top : y1 - top, x0 - left : x1 - left]
-            label_maps.append(canvas.numpy())
-        return label_maps
+        """[`parsing_label_maps`] as numpy arrays on the CPU: per face an `(height, width)` uint8 label map of the
+        original image, 0 (background) outside the crop; with a `warp_factor` the tanh-warp is undone."""
+        maps = FaceptorImageProcessor.parsing_label_maps(logits, crops, image_sizes, warp_factor)
+        return [label_map.cpu().numpy() for label_map in maps]
 
     @staticmethod
     def post_process_age(logits: torch.Tensor) -> np.ndarray:
@@ -262,6 +412,17 @@ class FaceptorImageProcessor(TorchvisionBackend):
         """`(F, D)` identity features -> L2-normalised `(F, D)` embeddings (`normalized_embeddings`; compare
         by dot product)."""
         return normalized_embeddings(features).cpu().numpy()
+
+
+def _crop_grid(pixels: torch.Tensor, origin: float, side: float, extent: int, warp_factor: float) -> torch.Tensor:
+    # image pixel centres -> crop coordinates in pixels of an `extent`-wide map -> tanh-warped -> grid_sample's [-1, 1]
+    inside = (pixels + 0.5 - origin) / side * extent
+    return tanh_warp(inside, extent, warp_factor) / extent * 2 - 1
+
+
+def _field(spec: Any, name: str) -> Any:
+    # Task specs arrive as `TaskSpec`s (`model.resolve_tasks`) or as their dicts (`model.config.tasks`).
+    return spec[name] if isinstance(spec, Mapping) else getattr(spec, name)
 
 
 FaceptorImageProcessor.register_for_auto_class("AutoImageProcessor")

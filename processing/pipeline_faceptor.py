@@ -1,18 +1,27 @@
-"""`pipeline("face-perception")`: every task of a Faceptor model on photos, as plain JSON-ready dicts."""
+"""`pipeline("face-perception")`: every task of a Faceptor model on photos, as plain JSON-ready dicts.
+
+A `ChunkPipeline`, as transformers' mask-generation and zero-shot object detection pipelines: `preprocess` loads
+one image, finds its faces and yields one item per face; the base class batches `batch_size` faces of many images
+into one `_forward`, which crops them on the model's device, runs the model once per crop size and decodes there
+(`FaceptorImageProcessor.post_process`), so only per-face results cross to the CPU; `postprocess` gathers an
+image's faces into its result dict.
+"""
 
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import Pipeline
+from transformers.pipelines.base import ChunkPipeline
 
 from .image_loading import ImageLoadError, describe_source, load_image
 from .image_processing_faceptor import FaceptorImageProcessor
-from .mask_encoding import encode_label_map
+from .mask_encoding import runs_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +34,23 @@ KIND_RESULT_KEY = {
     "multilabel": "attributes",
     "embedding": "embedding",
 }
+DEFAULT_BATCH_SIZE = 8  # faces per forward pass
+_UNSET = "unset"
 
 
 def _round(values: Any, digits: int = 4) -> Any:
     return np.round(np.asarray(values, dtype=np.float64), digits).tolist()
 
 
-class FacePerceptionPipeline(Pipeline):
+@dataclass(eq=False)
+class _Image:
+    """An image shared by the items of its faces. Not a tensor on purpose: the base class moves tensors to the
+    device per item, which would copy the image once per face; `_forward` moves each image once."""
+
+    pixels: torch.Tensor  # (3, H, W) uint8
+
+
+class FacePerceptionPipeline(ChunkPipeline):
     """Runs a Faceptor model on images: finds the faces (or takes given boxes, or the whole image),
     crops them per task category, decodes every requested task in one encoder pass per crop size, and
     returns per image `{"source", "image_size", "faces": [...]}` with, per face, `box`, `score`,
@@ -43,8 +62,9 @@ class FacePerceptionPipeline(Pipeline):
     face"), `tasks` (names; all by default), `detector` ("auto": the bundled detector when
     `faceptor[detect]` is installed, else the whole image; `None`: the whole image; or a callable taking
     an (H, W, 3) uint8 RGB array and returning boxes or objects with `.box`/`.score`), `batch_size`
-    (faces per forward pass). A bad input in a list gives `{"source", "error"}` in its place; a single bad
-    input raises `ImageLoadError`.
+    (faces per forward pass, from any images; 8 by default), `num_workers` (loading and detection in a
+    `DataLoader` worker; the base class allows at most one for a chunk pipeline). A bad input in a list (or a
+    generator, streamed) gives `{"source", "error"}` in its place; a single bad input raises `ImageLoadError`.
     """
 
     _load_processor = False
@@ -57,29 +77,61 @@ class FacePerceptionPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         if self.image_processor is None:
             self.image_processor = FaceptorImageProcessor()
+        if self._batch_size is None:
+            self._batch_size = DEFAULT_BATCH_SIZE
         self.default_detector = detector
         self._detector_cache: dict[str, Callable | None] = {}
 
-    def _sanitize_parameters(self, boxes=None, tasks=None, detector="unset", **kwargs):
+    def _sanitize_parameters(self, tasks=None, detector=_UNSET, boxes=None, on_error=None, **unexpected):
+        if unexpected:
+            raise TypeError(f"Unexpected arguments {sorted(unexpected)}.")
+        # Resolved once per call, by the model: a wrong name is the caller's error, raised before any image is read.
+        specs = self.model.resolve_tasks(tasks)
         preprocess = {}
+        if detector != _UNSET:
+            preprocess["detector"] = detector
         if boxes is not None:
             preprocess["boxes"] = boxes
-        if detector != "unset":
-            preprocess["detector"] = detector
-        forward = {"tasks": tasks} if tasks is not None else {}
-        return preprocess, forward, {}
+        if on_error is not None:
+            preprocess["on_error"] = on_error
+        return preprocess, {"specs": specs}, {"specs": specs}
 
-    # ------------------------------------------------------------------------------------------ tasks
+    def __call__(self, inputs, boxes=None, **kwargs):
+        """One input -> its result dict; a list -> a list of result dicts in the same order, where a bad input
+        gives `{"source", "error"}` and the others are unaffected; a generator -> an iterator of result dicts."""
+        # The base class cannot do two things this pipeline needs, so they are done here, before it runs:
+        # per-image boxes (its call parameters are the same for every input, so each image travels with its
+        # boxes, as zero-shot object detection packs image and labels) and recording a bad input of a list in
+        # its place (it raises from `preprocess` and loses the whole list; `preprocess` cannot tell one input
+        # from a list's, as the base class hands a single input to the chunk iterator as a list of one).
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        streamed = isinstance(inputs, (types.GeneratorType, torch.utils.data.Dataset))
+        if not isinstance(inputs, list) and not streamed:
+            if boxes is not None:
+                inputs = {"image": inputs, "boxes": boxes}
+            return super().__call__(inputs, **kwargs)
+        if boxes is not None:
+            if not streamed and len(boxes) != len(inputs):
+                raise ValueError(f"Got boxes for {len(boxes)} images but {len(inputs)} images.")
+            packed = ({"image": item, "boxes": item_boxes} for item, item_boxes in zip(inputs, boxes, strict=True))
+            inputs = packed if streamed else list(packed)
+        if isinstance(inputs, list) and not inputs:
+            self._sanitize_parameters(**kwargs)  # still the caller's errors
+            return []
+        return super().__call__(inputs, on_error="record", **kwargs)
 
-    def task_specs(self, tasks: Sequence[str] | str | None) -> list[dict]:
-        specs = {spec["name"]: spec for spec in self.model.config.tasks}
-        if tasks is None:
-            return list(specs.values())
-        names = [tasks] if isinstance(tasks, str) else list(tasks)
-        unknown = [name for name in names if name not in specs]
-        if unknown or not names:
-            raise ValueError(f"The model has no task {unknown}; its tasks are {list(specs)}.")
-        return [specs[name] for name in dict.fromkeys(names)]
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """As `Pipeline.save_pretrained`, but the config's `custom_pipelines` entry (`saved_pipeline_entry`)
+        carries no default model: the registered default is this machine's path of the bundled demo model."""
+        self._registered_impl = {
+            task: {key: value for key, value in info.items() if key != "default"}
+            for task, info in type(self)._registered_impl.items()
+        }
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            del self._registered_impl
 
     # --------------------------------------------------------------------------------------- detection
 
@@ -102,153 +154,184 @@ class FacePerceptionPipeline(Pipeline):
         return found, "detector" if found is not None else "whole_image"
 
     @staticmethod
-    def _detections(detector: Callable, image: np.ndarray) -> list[tuple[list[float], float | None]]:
-        found = []
-        for face in detector(image):
-            box = getattr(face, "box", face)
-            score = getattr(face, "score", None)
-            found.append(([float(value) for value in box], None if score is None else float(score)))
-        return found
+    def detect(detector: Callable, images: Sequence[np.ndarray]) -> list[list[tuple[list[float], float | None]]]:
+        """Per image its faces as (box, score): through the detector's `detect_batch(images)` when it has one
+        (many images in one call, on its device), else one `detector(image)` call per image. `preprocess` calls
+        it with one image; a detector that batches can be handed every image of a call here."""
+        batch = getattr(detector, "detect_batch", None)
+        found = batch(list(images)) if batch is not None else [detector(image) for image in images]
+        return [
+            [
+                (
+                    [float(value) for value in getattr(face, "box", face)],
+                    None if getattr(face, "score", None) is None else float(face.score),
+                )
+                for face in faces
+            ]
+            for faces in found
+        ]
 
     # ------------------------------------------------------------------------------------- the stages
 
-    def preprocess(self, image, boxes=None, detector="unset") -> dict:
-        array = load_image(image)
+    def preprocess(self, inputs, boxes=None, detector=_UNSET, on_error: str = "raise"):
+        """One image -> one item per face (the last marked `is_last`), or a single face-less item carrying the
+        image's warning or error."""
+        image = inputs
+        if isinstance(inputs, dict) and "image" in inputs:
+            image, boxes = inputs["image"], inputs.get("boxes", boxes)
+        info = {"source": describe_source(image)}
+        try:
+            array = load_image(image)
+        except ImageLoadError as error:
+            if on_error == "raise":
+                raise
+            yield self._faceless_item({**info, "error": str(error)})
+            return
         height, width = array.shape[:2]
+        info["image_size"] = [width, height]
         if boxes is not None:
             if len(boxes) and all(isinstance(value, (int, float)) for value in boxes):
                 boxes = [boxes]  # one flat [x0, y0, x1, y1] box
             faces, box_source = [([float(v) for v in box], None) for box in boxes], "given"
         else:
-            found, box_source = self.resolve_detector(self.default_detector if detector == "unset" else detector)
-            faces = self._detections(found, array) if found is not None else [([0.0, 0.0, width, height], None)]
-        groups = ("dense", "face", "parsing") if self.image_processor.parsing_warp_factor > 0 else ("dense", "face")
-        crops = self.image_processor(
-            [array],
-            boxes=[None if box_source == "whole_image" else [box for box, _ in faces]],
-            groups=groups,
-            return_tensors="pt",
-        )
+            found, box_source = self.resolve_detector(self.default_detector if detector == _UNSET else detector)
+            faces = self.detect(found, [array])[0] if found is not None else [([0.0, 0.0, width, height], None)]
+        info["box_source"] = box_source
+        if not faces:
+            yield self._faceless_item(info)
+            return
+        whole = box_source == "whole_image"
+        # Validated here, where a bad box is still this image's error.
+        self.image_processor.face_geometry([(height, width)], [None if whole else [box for box, _ in faces]])
+        shared = _Image(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
+        for index, (box, score) in enumerate(faces):
+            yield {
+                "face_box": torch.tensor([box], dtype=torch.float64),
+                "whole_image": torch.tensor([whole]),
+                "image": shared,
+                "score": score,
+                "info": info,
+                "is_last": index == len(faces) - 1,
+            }
+
+    @staticmethod
+    def _faceless_item(info: dict) -> dict:
+        # Every item has the same keys: the base class's collation refuses a batch whose items differ.
         return {
-            "source": describe_source(image),
-            "image_size": [width, height],
-            "faces": faces if faces else [],
-            "box_source": box_source,
-            "crops": crops,
+            "face_box": torch.zeros(1, 4, dtype=torch.float64),
+            "whole_image": torch.zeros(1, dtype=torch.bool),
+            "image": None,
+            "score": None,
+            "info": info,
+            "is_last": True,
         }
 
-    def _forward(self, model_inputs: dict, tasks: Sequence[str] | None = None) -> dict:
-        crops = model_inputs["crops"]
-        specs = self.task_specs(tasks)
-        outputs = {}
-        for group in ("dense", "face", "parsing"):
-            group_tasks = [
-                spec["name"]
-                for spec in specs
-                if self.image_processor.group_for(spec["kind"], spec["category"]) == group
-            ]
-            pixels = crops.get(f"pixel_values_{group}", [])
-            if group_tasks and len(pixels):
-                dtype = next(self.model.parameters()).dtype
-                with torch.no_grad():
-                    result = self.model(pixels.to(self.device, dtype), tasks=group_tasks)
-                outputs.update(result.task_outputs)
-        return {**model_inputs, "outputs": outputs, "specs": specs}
+    def _forward(self, model_inputs: dict, specs: Sequence[Any] = ()) -> dict:
+        # With batch_size 1 the base class hands over one item as yielded, otherwise lists of the items' values.
+        single = not isinstance(model_inputs["is_last"], list)
+        batch = {
+            key: [value] if single and not isinstance(value, torch.Tensor) else value
+            for key, value in model_inputs.items()
+        }
+        decoded = {spec.name: [None] * len(batch["is_last"]) for spec in specs}
+        rows = [row for row, image in enumerate(batch["image"]) if image is not None]
+        if rows:
+            self._run_faces(batch, rows, specs, decoded)
+        outputs = {
+            "is_last": batch["is_last"],
+            "has_face": [image is not None for image in batch["image"]],
+            "info": batch["info"],
+            "score": batch["score"],
+            "face_box": batch["face_box"].reshape(-1, 4).tolist(),
+            **{f"task:{name}": values for name, values in decoded.items()},
+        }
+        return {key: value[0] for key, value in outputs.items()} if single else outputs
 
-    def postprocess(self, model_outputs: dict) -> dict:
-        processor, crops, outputs = self.image_processor, model_outputs["crops"], model_outputs["outputs"]
-        count = len(crops["face_boxes"])
-        faces = [
-            {"box": _round(box, 2), "score": None if score is None else round(score, 4)}
-            for box, score in model_outputs["faces"][:count]
+    def _run_faces(self, batch: dict, rows: list[int], specs: Sequence[Any], decoded: dict) -> None:
+        """Crops, runs and decodes the faces of `rows` on the model's device; stores per face CPU results."""
+        processor = self.image_processor
+        images: dict[int, int] = {}  # id of a shared image -> its position in `pixels`
+        pixels: list[torch.Tensor] = []
+        image_index = []
+        for row in rows:
+            shared = batch["image"][row]
+            if id(shared) not in images:
+                images[id(shared)] = len(pixels)
+                pixels.append(shared.pixels.to(self.device, non_blocking=True))  # each image crosses once
+            image_index.append(images[id(shared)])
+        image_index = torch.tensor(image_index)
+        row_index = torch.tensor(rows)
+        face_boxes = batch["face_box"][row_index].to(torch.float64)
+        whole_image = batch["whole_image"][row_index]
+        dtype = next(self.model.parameters()).dtype
+        task_outputs = {}
+        for group, group_specs in processor.groups_of(specs).items():
+            crops = processor.crop_boxes(face_boxes, whole_image, group)
+            crop_pixels = processor.crop_faces(pixels, crops, image_index, group)
+            result = self.model(crop_pixels.to(dtype), tasks=[spec.name for spec in group_specs])
+            task_outputs.update(result.task_outputs)
+        # Each face as its own one-face "image" of post_process: the faces of a batch come from many images.
+        sizes = [tuple(pixels[index].shape[-2:]) for index in image_index.tolist()]
+        face_rows = [
+            None if whole else [box] for box, whole in zip(face_boxes.tolist(), whole_image.tolist(), strict=True)
         ]
-        for face in faces:
-            face["box_source"] = model_outputs["box_source"]
-        for spec in model_outputs["specs"] if faces else []:
-            raw, kind, labels = outputs[spec["name"]], spec["kind"], spec.get("labels")
-            if kind == "landmarks":
-                values = [_round(points, 2) for points in processor.post_process_landmarks(raw, crops["crops_dense"])]
-            elif kind == "parsing":
-                sizes = crops["image_sizes"][crops["image_index"]]
-                names = labels or [f"class_{index}" for index in range(raw.shape[1])]
-                group = processor.group_for(kind, spec["category"])
-                label_maps = processor.post_process_parsing(
-                    raw, crops[f"crops_{group}"], sizes, processor.parsing_warp_factor if group == "parsing" else 0.0
-                )
-                values = [{"labels": list(names), "mask": encode_label_map(label_map)} for label_map in label_maps]
-            elif kind == "age":
-                values = [round(float(age), 2) for age in processor.post_process_age(raw)]
-            elif kind == "classification":
-                names = labels or [f"class_{index}" for index in range(raw.shape[1])]
-                values = [
-                    {k: round(v, 4) for k, v in row.items()}
-                    for row in processor.post_process_classification(raw, names)
-                ]
-            elif kind == "multilabel":
-                names = labels or [f"attribute_{index}" for index in range(raw.shape[1])]
-                values = [
-                    {k: round(v, 4) for k, v in row.items()} for row in processor.post_process_multilabel(raw, names)
-                ]
+        results = processor.post_process(task_outputs, specs, sizes, face_rows, parsing_format="runs")
+        for spec in specs:
+            values = results[spec.name]
+            if spec.kind == "parsing":
+                # One transfer for all faces' runs, split on the CPU.
+                lengths = [len(runs) for runs in values]
+                per_face = torch.cat(values).cpu().split(lengths) if values else []
+                per_face = [(runs, size) for runs, size in zip(per_face, sizes, strict=True)]
             else:
-                values = [_round(vector, 5) for vector in processor.post_process_embedding(raw)]
-            key = KIND_RESULT_KEY[kind]
-            for face, value in zip(faces, values, strict=True):
+                # Plain lists, not tensors: the base class would add a batch dimension to each face's tensor.
+                per_face = values.cpu().tolist()
+            for row, value in zip(rows, per_face, strict=True):
+                decoded[spec.name][row] = value
+
+    def postprocess(self, model_outputs: list[dict], specs: Sequence[Any] = ()) -> dict:
+        info = model_outputs[0]["info"]
+        if "error" in info:
+            return {"source": info["source"], "error": info["error"]}
+        faces = []
+        for output in (output for output in model_outputs if output["has_face"]):
+            score = output["score"]
+            face = {
+                "box": _round(output["face_box"], 2),
+                "score": None if score is None else round(score, 4),
+                "box_source": info["box_source"],
+            }
+            for spec in specs:
+                value = self._format(spec, output["task:" + spec.name])
+                key = KIND_RESULT_KEY[spec.kind]
                 if key not in face:
                     face[key] = value
-                    face.setdefault("task_of", {})[key] = spec["name"]
+                    face.setdefault("task_of", {})[key] = spec.name
                 else:
-                    face.setdefault("more", {})[spec["name"]] = value
-        result = {"source": model_outputs["source"], "image_size": model_outputs["image_size"], "faces": faces}
+                    face.setdefault("more", {})[spec.name] = value
+            faces.append(face)
+        result = {"source": info["source"], "image_size": info["image_size"], "faces": faces}
         if not faces:
             result["warning"] = "no face found"
         return result
 
-    # ------------------------------------------------------------------------------------------ calls
-
-    def __call__(self, inputs, boxes=None, tasks=None, detector="unset", batch_size: int | None = None, **kwargs):
-        """One input -> its result dict; a list -> a list of result dicts in the same order, where a bad
-        input gives `{"source", "error"}` and the others are unaffected."""
-        if kwargs:
-            raise TypeError(f"Unexpected arguments {sorted(kwargs)}.")
-        single = not isinstance(inputs, (list, tuple))
-        items = [inputs] if single else list(inputs)
-        per_image_boxes = [boxes] if single else (list(boxes) if boxes is not None else [None] * len(items))
-        if len(per_image_boxes) != len(items):
-            raise ValueError(f"Got boxes for {len(per_image_boxes)} images but {len(items)} images.")
-        self.task_specs(tasks)  # a wrong task name is the caller's error, not one input's
-        results = []
-        for item, item_boxes in zip(items, per_image_boxes, strict=True):
-            try:
-                model_inputs = self.preprocess(item, boxes=item_boxes, detector=detector)
-            except ImageLoadError as error:
-                if single:
-                    raise
-                results.append({"source": describe_source(item), "error": str(error)})
-                continue
-            results.append(model_inputs)
-        self._forward_in_batches([r for r in results if "crops" in r], tasks, batch_size or 8)
-        results = [self.postprocess(r) if "crops" in r else r for r in results]
-        return results[0] if single else results
-
-    def _forward_in_batches(self, prepared: list[dict], tasks, batch_size: int) -> None:
-        """Runs the faces of all prepared images through the model `batch_size` faces at a time and stores
-        each image's raw outputs in its dict."""
-        if not prepared:
-            return
-        keys = [key for key in prepared[0]["crops"] if key.startswith("pixel_values_")]
-        counts = [len(item["crops"]["face_boxes"]) for item in prepared]
-        merged = {key: torch.cat([item["crops"][key] for item in prepared]) for key in keys}
-        chunks = []
-        for start in range(0, sum(counts), batch_size):
-            chunk = {"crops": {key: value[start : start + batch_size] for key, value in merged.items()}}
-            chunks.append(self._forward(chunk, tasks=tasks))
-        names = list(chunks[0]["outputs"]) if chunks else []
-        joined = {name: torch.cat([chunk["outputs"][name] for chunk in chunks]) for name in names}
-        offset = 0
-        for item, count in zip(prepared, counts, strict=True):
-            item["outputs"] = {name: value[offset : offset + count] for name, value in joined.items()}
-            item["specs"] = self.task_specs(tasks)
-            offset += count
+    @staticmethod
+    def _format(spec: Any, value: Any) -> Any:
+        """One face's decoded CPU tensor -> its JSON-ready value."""
+        kind, labels = spec.kind, spec.labels
+        if kind == "landmarks":
+            return _round(value, 2)
+        if kind == "parsing":
+            runs, size = value
+            names = labels or [f"class_{index}" for index in range(spec.num_queries)]
+            return {"labels": list(names), "mask": runs_to_json(runs, size)}
+        if kind == "age":
+            return round(float(value), 2)
+        if kind in ("classification", "multilabel"):
+            prefix = "class" if kind == "classification" else "attribute"
+            names = labels or [f"{prefix}_{index}" for index in range(len(value))]
+            return {name: round(probability, 4) for name, probability in zip(names, value, strict=True)}
+        return _round(value, 5)
 
 
 __all__ = ["FacePerceptionPipeline"]

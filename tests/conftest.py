@@ -93,6 +93,34 @@ def run_cli(arguments: list[str], capsys) -> tuple[int, str, str]:
     return status, captured.out, captured.err
 
 
+ASTRONAUT_FACE = [165, 30, 260, 150]  # Eileen Collins' face in scikit-image's astronaut (x0, y0, x1, y1)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny Faceptor saved with a small-crop image processor (64-px dense, 32-px face crops)."""
+    from faceptor import FaceptorImageProcessor, FaceptorModel
+
+    folder = tmp_path_factory.mktemp("tiny-faceptor")
+    FaceptorModel(tiny_config()).eval().save_pretrained(folder)
+    FaceptorImageProcessor(dense_size=64, face_size=32).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def face_pipeline(model_dir):
+    from transformers import pipeline
+
+    return pipeline("face-perception", model=str(model_dir), detector=None)
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    from skimage import data
+
+    return data.astronaut()
+
+
 @pytest.fixture
 def config() -> FaceptorConfig:
     return tiny_config()

@@ -145,8 +145,8 @@ def test_missing_weights_package_raises_with_install_hint(monkeypatch):
         load_default_detector()
 
 
-def test_missing_onnxruntime_raises_with_install_hint(monkeypatch):
-    real_import = builtins.__import__
+def test_missing_onnxruntime_falls_back_to_torch_or_raises_with_install_hint(monkeypatch):
+    real_import, find_spec = builtins.__import__, importlib.util.find_spec
 
     def no_onnxruntime(name, *args, **kwargs):
         if name == "onnxruntime":
@@ -154,8 +154,12 @@ def test_missing_onnxruntime_raises_with_install_hint(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)
+    )
+    assert load_default_detector().backend == "torch"  # onnxruntime is optional: torch runs the networks
     with pytest.raises(DetectorUnavailable, match=r'pip install "faceptor\[detect\]"') as raised:
-        load_default_detector()
+        load_default_detector(backend="onnxruntime")
     assert isinstance(raised.value, ImportError)
 
 

@@ -10,30 +10,10 @@ from PIL import Image
 from skimage import data
 from transformers import pipeline
 
-from conftest import tiny_config
+from conftest import ASTRONAUT_FACE, tiny_config
 from faceptor import FaceptorImageProcessor, FaceptorModel
 from faceptor.processing.image_loading import ImageLoadError
 from faceptor.processing.mask_encoding import decode_label_map
-
-ASTRONAUT_FACE = [165, 30, 260, 150]  # Eileen Collins' face in scikit-image's astronaut (x0, y0, x1, y1)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-faceptor")
-    FaceptorModel(tiny_config()).eval().save_pretrained(folder)
-    FaceptorImageProcessor(dense_size=64, face_size=32).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def face_pipeline(model_dir):
-    return pipeline("face-perception", model=str(model_dir), detector=None)
-
-
-@pytest.fixture(scope="module")
-def astronaut():
-    return data.astronaut()
 
 
 def test_result_schema_and_json_round_trip_on_a_real_photo(face_pipeline, astronaut):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from .compare_params import add_compare_params_command, add_summary_command
 from .convert import add_convert_command
 from .convert_naive import add_convert_naive_command
-from .errors import CommandError
+from .errors import run_handler
 from .evaluate import add_evaluate_command
 from .export import add_export_command
 from .predict import add_predict_command
@@ -38,16 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..train.run import main as train_main
 
         return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    if getattr(args, "quiet", False):
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-    try:
-        return args.handler(args) or 0
-    except CommandError as error:
-        print(f"faceptor: error: {error}", file=sys.stderr)
-        return 2
+    return run_handler(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

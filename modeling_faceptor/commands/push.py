@@ -85,7 +85,8 @@ def custom_pipeline_entry() -> dict:
     writes it."""
     entry = {}
     for task, info in FacePerceptionPipeline._registered_impl.items():
-        info = dict(info)
+        # Without `default`: the registered default is this machine's path of the bundled demo model.
+        info = {key: value for key, value in info.items() if key != "default"}
         info["impl"] = f"{info['impl'].__module__.split('.')[-1]}.{info['impl'].__name__}"
         info["pt"] = tuple(model_class.__name__ for model_class in info["pt"])
         entry[task] = info
