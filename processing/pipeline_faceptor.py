@@ -176,9 +176,10 @@ class FacePerceptionPipeline(ChunkPipeline):
     def preprocess(self, inputs, boxes=None, detector=_UNSET, on_error: str = "raise"):
         """One image -> one item per face (the last marked `is_last`), or a single face-less item carrying the
         image's warning or error."""
-        image = inputs
+        image, detections = inputs, None
         if isinstance(inputs, dict) and "image" in inputs:
-            image, boxes = inputs["image"], inputs.get("boxes", boxes)
+            # `detections`: the faces `detect` found beforehand (e.g. on a decoding thread, beside the model)
+            image, boxes, detections = inputs["image"], inputs.get("boxes", boxes), inputs.get("detections")
         info = {"source": describe_source(image)}
         try:
             array = load_image(image)
@@ -193,6 +194,8 @@ class FacePerceptionPipeline(ChunkPipeline):
             if len(boxes) and all(isinstance(value, (int, float)) for value in boxes):
                 boxes = [boxes]  # one flat [x0, y0, x1, y1] box
             faces, box_source = [([float(v) for v in box], None) for box in boxes], "given"
+        elif detections is not None:
+            faces, box_source = detections, "detector"
         else:
             found, box_source = self.resolve_detector(self.default_detector if detector == _UNSET else detector)
             faces = self.detect(found, [array])[0] if found is not None else [([0.0, 0.0, width, height], None)]

@@ -121,12 +121,19 @@ def predict_stream(
     decoder = decoder or load_image
     per_call = max(1, min(batch_size, images_in_flight))
     writer = OrderedWriter(sink, capacity=images_in_flight)
+    # The detector runs on the decoding threads, beside the model, and hands its faces to the pipeline.
+    resolve = getattr(face_pipeline, "resolve_detector", None)
+    found = resolve(detector)[0] if resolve is not None and detector is not None else None
+    detect = (lambda image: face_pipeline.detect(found, [image])[0]) if found is not None else None
 
     def run(chunk: list[Item]) -> None:
         good = [item for item in chunk if item.result is None]
         if good:
-            results = face_pipeline([item.image for item in good], tasks=tasks, detector=detector,
-                                    batch_size=batch_size)  # fmt: skip
+            images = [
+                item.image if item.detections is None else {"image": item.image, "detections": item.detections}
+                for item in good
+            ]
+            results = face_pipeline(images, tasks=tasks, detector=detector, batch_size=batch_size)
             for item, result in zip(good, results, strict=True):
                 item.result = {**result, "source": item.path}  # the path, not "array (H, W, 3)"
         for item in chunk:
@@ -136,7 +143,7 @@ def predict_stream(
 
     try:
         chunk: list[Item] = []
-        for item in decode_ahead(inputs, decoder, workers, images_in_flight):
+        for item in decode_ahead(inputs, decoder, workers, images_in_flight, detect):
             chunk.append(item)
             if len(chunk) == per_call:
                 run(chunk)

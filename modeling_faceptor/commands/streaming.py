@@ -29,6 +29,7 @@ class Item:
     path: str
     image: np.ndarray | None = None
     result: dict[str, Any] | None = field(default=None, repr=False)
+    detections: list | None = field(default=None, repr=False)  # found on the decoding thread, when asked
 
 
 def decode_on_device(path: str, device: str) -> np.ndarray:
@@ -67,24 +68,37 @@ def make_decoder(decode: str, device: str | None) -> Callable[[str], np.ndarray]
     return load_image
 
 
-def _decode_item(index: int, path: str, decoder: Callable[[str], np.ndarray]) -> Item:
+def _decode_item(
+    index: int, path: str, decoder: Callable[[str], np.ndarray], detect: Callable[[np.ndarray], list] | None
+) -> Item:
     try:
-        return Item(index, path, image=decoder(path))
+        item = Item(index, path, image=decoder(path))
     except ImageLoadError as error:
         return Item(index, path, result={"source": path, "error": str(error)})
+    if detect is not None:
+        try:
+            item.detections = detect(item.image)
+        except Exception:  # the pipeline detects again and reports the failure as this image's error
+            item.detections = None
+    return item
 
 
 def decode_ahead(
-    inputs: Sequence[tuple[int, str]], decoder: Callable[[str], np.ndarray], workers: int, in_flight: int
+    inputs: Sequence[tuple[int, str]],
+    decoder: Callable[[str], np.ndarray],
+    workers: int,
+    in_flight: int,
+    detect: Callable[[np.ndarray], list] | None = None,
 ) -> Iterator[Item]:
-    """`Item`s of `inputs` ((index, path) pairs) in their order, decoded by `workers` threads at most
-    `in_flight` images ahead of the consumer (decoding releases the GIL: threads overlap with inference)."""
+    """`Item`s of `inputs` ((index, path) pairs) in their order, decoded (and, with `detect`, their faces found)
+    by `workers` threads at most `in_flight` images ahead of the consumer (decoding and the detector release the
+    GIL: the threads overlap with inference)."""
     pending: deque[Future] = deque()
     upcoming = iter(inputs)
 
     def submit_next() -> None:
         if (following := next(upcoming, None)) is not None:
-            pending.append(pool.submit(_decode_item, *following, decoder))
+            pending.append(pool.submit(_decode_item, *following, decoder, detect))
 
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="faceptor-decode") as pool:
         try:
