@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -171,30 +170,6 @@ def test_cli_refuses_a_missing_model_in_one_line(tmp_path, capsys):
     assert cli.main(["predict", "x.jpg", "--model", str(tmp_path / "none")]) == 2
     captured = capsys.readouterr()
     assert captured.err == f"faceptor: error: {tmp_path / 'none'}: no such model folder\n" and captured.out == ""
-
-
-@pytest.mark.slow
-def test_pipeline_travels_as_remote_code(face_pipeline, astronaut, tmp_path):
-    face_pipeline.save_pretrained(tmp_path / "saved")
-    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
-    assert saved["custom_pipelines"]["face-perception"]["impl"] == "pipeline_faceptor.FacePerceptionPipeline"
-    np.save(tmp_path / "astronaut.npy", astronaut)
-    expected = face_pipeline(astronaut, boxes=[ASTRONAUT_FACE], tasks=["age_morph2", "align_300w"])
-    (tmp_path / "expected.json").write_text(json.dumps(expected))
-    script = f"""
-import json, sys, numpy as np
-from transformers import pipeline
-face = pipeline(model={str(tmp_path / "saved")!r}, trust_remote_code=True)
-assert "faceptor" not in sys.modules, "the package was imported"
-image = np.load({str(tmp_path / "astronaut.npy")!r})
-result = face(image, boxes={ASTRONAUT_FACE!r}, tasks=["age_morph2", "align_300w"])
-assert result == json.load(open({str(tmp_path / "expected.json")!r})), result
-print("pipeline-remote-ok")
-"""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "pipeline-remote-ok" in result.stdout
 
 
 def test_the_bundled_detector_finds_the_face_in_a_full_photo(model_dir, astronaut):
