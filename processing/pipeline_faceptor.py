@@ -121,13 +121,19 @@ class FacePerceptionPipeline(ChunkPipeline):
             return []
         return super().__call__(inputs, on_error="record", **kwargs)
 
-    def save_pretrained(self, save_directory, **kwargs) -> None:
-        """As `Pipeline.save_pretrained`, but the config's `custom_pipelines` entry (`saved_pipeline_entry`)
-        carries no default model: the registered default is this machine's path of the bundled demo model."""
-        self._registered_impl = {
+    @classmethod
+    def portable_registration(cls) -> dict:
+        """The pipeline's registration as a saved config carries it: without `default`, which is this machine's
+        path of the bundled demo model."""
+        return {
             task: {key: value for key, value in info.items() if key != "default"}
-            for task, info in type(self)._registered_impl.items()
+            for task, info in cls._registered_impl.items()
         }
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """As `Pipeline.save_pretrained`, with the config's `custom_pipelines` entry from
+        [`portable_registration`]."""
+        self._registered_impl = self.portable_registration()
         try:
             super().save_pretrained(save_directory, **kwargs)
         finally:

@@ -84,9 +84,7 @@ def custom_pipeline_entry() -> dict:
     """The config's `custom_pipelines` entry of the `face-perception` pipeline, as `Pipeline.save_pretrained`
     writes it."""
     entry = {}
-    for task, info in FacePerceptionPipeline._registered_impl.items():
-        # Without `default`: the registered default is this machine's path of the bundled demo model.
-        info = {key: value for key, value in info.items() if key != "default"}
+    for task, info in FacePerceptionPipeline.portable_registration().items():
         info["impl"] = f"{info['impl'].__module__.split('.')[-1]}.{info['impl'].__name__}"
         info["pt"] = tuple(model_class.__name__ for model_class in info["pt"])
         entry[task] = info
