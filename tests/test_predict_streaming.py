@@ -236,3 +236,19 @@ def test_two_processes_under_accelerate_give_the_single_process_output(model_dir
     assert_same_results(two, one)
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("two")) == ["two.jsonl"]
     assert len(os.listdir(tmp_path / "pictures")) == len(one)
+
+
+def test_a_run_that_dies_leaves_the_earlier_output_whole(model_dir, tmp_path, monkeypatch):
+    from faceptor.commands import cli, predict
+
+    target = tmp_path / "out.jsonl"
+    target.write_text("an earlier run's line\n")
+
+    def dies(face_pipeline, inputs, sink, **options):
+        sink(Item(0, str(ASTRONAUT), result={"source": str(ASTRONAUT), "faces": []}))  # half the run written
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(predict, "predict_stream", dies)
+    with pytest.raises(RuntimeError, match="killed"):
+        cli.main(["predict", str(ASTRONAUT), "--model", str(model_dir), "--output", str(target), "--quiet"])
+    assert target.read_text() == "an earlier run's line\n"

@@ -194,7 +194,9 @@ def command_predict(args: argparse.Namespace) -> int:
     if args.visualize:
         os.makedirs(args.visualize, exist_ok=True)
     mine = shard(images, rank, world)
-    target = f"{part_path(args.output, rank, world)}.tmp" if world > 1 else args.output
+    # Written under a temporary name and renamed when complete: a run that dies leaves any earlier output whole.
+    final = (part_path(args.output, rank, world) if world > 1 else args.output) if args.output else None
+    target = f"{final}.tmp" if final else None
     output = open(target, "w", encoding="utf-8") if target else sys.stdout
     description = "faceptor" if world == 1 else f"faceptor (process 0 of {world})"
     try:
@@ -209,9 +211,10 @@ def command_predict(args: argparse.Namespace) -> int:
     finally:
         if output is not sys.stdout:
             output.close()
+    if final:
+        os.replace(target, final)
     if world == 1:
         return 1 if sink.bad else 0
-    os.replace(target, part_path(args.output, rank, world))  # complete parts only carry the final name
     state.wait_for_everyone()
     try:
         if not is_main:
