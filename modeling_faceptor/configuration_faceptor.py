@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import numbers
+import sys
+import types
+import typing
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +26,42 @@ TASK_KIND_CATEGORY = {
 # Official input sizes: dense tasks at 512 px, attribute and identity tasks at 112 px.
 CATEGORY_INPUT_SIZE = {"dense": 512, "attribute": 112, "identity": 112}
 LAYER_EMBEDDING_SCOPES = ("shared", "per_task")
+# Sizes and counts that must be at least 1 (`projection_dim` too, unless None).
+POSITIVE_FIELDS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size", "num_channels",
+    "position_grid_size", "projection_dim", "decoder_hidden_size", "decoder_layers", "decoder_attention_heads",
+    "decoder_ffn_dim", "identity_embedding_size",
+)  # fmt: skip
+
+
+def _matches_type(value: Any, expected: Any) -> bool:
+    """Whether a config value (as read from JSON or given in code) is of an annotated field type."""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches_type(value, option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item_type, *_) = typing.get_args(expected) or (Any,)
+        return isinstance(value, (list, tuple)) and all(_matches_type(item, item_type) for item in value)
+    if expected is Any:
+        return True
+    if expected is int:  # a bool is an int to Python, never a size
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, origin or expected)
+
+
+def check_field_types(config: Any, config_class: type) -> None:
+    """Raises a `TypeError` naming the first field of `config_class` (its own annotations) whose value has the
+    wrong type, e.g. `"hidden_size": "768"` in a hand-edited config.json."""
+    namespace = vars(sys.modules[config_class.__module__])  # string annotations (postponed evaluation)
+    for name, annotation in config_class.__annotations__.items():
+        expected = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+        value = getattr(config, name)
+        if not _matches_type(value, expected):
+            raise TypeError(f"config field {name!r} must be of type {annotation}, got {type(value).__name__} {value!r}")
 
 
 @dataclass
@@ -87,8 +127,12 @@ class TaskSpec:
             raise ValueError(f"Task {self.name!r} of kind {self.kind!r} needs at least two classes.")
         if self.input_size is None:
             self.input_size = CATEGORY_INPUT_SIZE[category]
-        if not isinstance(self.input_size, int) or self.input_size <= 0:
+        if not isinstance(self.input_size, int) or isinstance(self.input_size, bool) or self.input_size <= 0:
             raise ValueError(f"Task {self.name!r} has an invalid input_size {self.input_size!r}.")
+        if not isinstance(self.use_layer_attention, bool):
+            raise ValueError(
+                f"Task {self.name!r}: use_layer_attention must be true or false, got {self.use_layer_attention!r}."
+            )
 
     @classmethod
     def from_any(cls, spec: TaskSpec | dict[str, Any]) -> TaskSpec:
@@ -204,6 +248,7 @@ class FaceptorConfig(TaskConfigMixin, PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        check_field_types(self, FaceptorConfig)
         if self.decoder_feature_layers is None:
             self.decoder_feature_layers = [self.num_hidden_layers - 1]
         if self.tasks is None:
@@ -216,6 +261,16 @@ class FaceptorConfig(TaskConfigMixin, PreTrainedConfig):
 
     def validate_architecture(self) -> None:
         """Raises a `ValueError` naming the first inconsistency of the configuration."""
+        for name in POSITIVE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"config field {name!r} must be at least 1, got {value}.")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}.")
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate}.")
+        if not self.initializer_range >= 0:
+            raise ValueError(f"initializer_range must not be negative, got {self.initializer_range}.")
         names = [spec["name"] for spec in self.tasks]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -245,6 +300,17 @@ class FaceptorConfig(TaskConfigMixin, PreTrainedConfig):
             )
         if self.dense_mlp_layers < 1:
             raise ValueError("dense_mlp_layers must be at least 1.")
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> FaceptorConfig:
+        """A saved config (config.json) must list its tasks: the preset's tasks would silently mislabel the
+        queries of a model trained on others."""
+        if config_dict.get("tasks") is None and kwargs.get("tasks") is None:
+            raise ValueError(
+                "the config has no 'tasks' list; a saved Faceptor config names its tasks (save it again with "
+                "save_pretrained, or add the task specs)"
+            )
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> FaceptorConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,8 @@ from .outputs_faceptor import FaceptorOutput
 from .task_query_sets import FaceptorTaskSetMixin
 
 logger = logging.get_logger(__name__)
+
+CachedValue = TypeVar("CachedValue")
 
 
 def tag_init_scheme(module: nn.Module, scheme: str) -> nn.Module:
@@ -41,16 +44,38 @@ class FaceptorTaskParameters(nn.ParameterDict):
         self.distribution = distribution
 
 
+def cached_when_inferring(
+    cache: dict[tuple, tuple[list[torch.Tensor], CachedValue]],
+    key: tuple,
+    sources: Sequence[torch.Tensor],
+    compute: Callable[[], CachedValue],
+) -> CachedValue:
+    """`compute()`, a value derived from the parameters `sources` only, kept in `cache` while gradients are off,
+    so inference (and a CUDA graph captured after a warm-up call) reuses it instead of recomputing it per call.
+
+    Keyed by `key` and each source's device, dtype, storage and version: a weight updated in place, moved or cast
+    recomputes it. The entry holds the sources, so their storage cannot be reused by another tensor meanwhile.
+    Under autograd (training) or torch.compile tracing, or for weights made in inference mode (which have no
+    version counter), it is simply computed."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(t.is_inference() for t in sources):
+        return compute()
+    state = tuple((t.device, t.dtype, t.data_ptr(), t._version) for t in sources)
+    full_key = (*key, state, torch.is_inference_mode_enabled())
+    entry = cache.get(full_key)
+    if entry is None:
+        for stale in [known for known in cache if known[-2] != state or len(cache) >= 8]:
+            del cache[stale]  # values of replaced weights (and their storage) go; at most 8 grid sizes are kept
+        entry = cache[full_key] = ([t.detach() for t in sources], compute())
+    return entry[1]
+
+
 class FaceptorLayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input dtype, as FaRL's encoder does."""
+    """LayerNorm in the input's dtype. PyTorch's kernels accumulate the statistics in float32 for bf16 and fp16
+    inputs, so this equals FaRL's float32 LayerNorm up to the output's rounding, without the casts around it."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if hidden_states.dtype == torch.float32:
-            return F.layer_norm(hidden_states, self.normalized_shape, self.weight, self.bias, self.eps)
-        normalized = F.layer_norm(
-            hidden_states.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
-        )
-        return normalized.to(hidden_states.dtype)
+        dtype = hidden_states.dtype
+        return F.layer_norm(hidden_states, self.normalized_shape, self.weight.to(dtype), self.bias.to(dtype), self.eps)
 
 
 class FaceptorChannelLayerNorm(nn.Module):
@@ -119,6 +144,16 @@ class FaceptorAttention(nn.Module):
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self._packed_cache: dict[tuple, tuple] = {}
+
+    def packed_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query, key and value projections as one `(3 * embed_dim, embed_dim)` weight and its bias: self-attention
+        projects with one matrix product. The checkpoint keeps the three layers; the packed copy is cached."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        sources = [tensor for layer in projections for tensor in (layer.weight, layer.bias)]
+        return cached_when_inferring(
+            self._packed_cache, (), sources, lambda: (torch.cat(sources[0::2]), torch.cat(sources[1::2]))
+        )
 
     def forward(
         self,
@@ -135,9 +170,14 @@ class FaceptorAttention(nn.Module):
         (paper Sec. 3.3), so queries of several tasks share one attention call."""
         batch_size, query_length, _ = query_states.shape
         key_length = key_states.shape[1]
-        query = self.q_proj(query_states).view(batch_size, query_length, self.num_heads, self.head_dim).transpose(1, 2)
-        key = self.k_proj(key_states).view(batch_size, key_length, self.num_heads, self.head_dim).transpose(1, 2)
-        value = self.v_proj(value_states).view(batch_size, key_length, self.num_heads, self.head_dim).transpose(1, 2)
+        if query_states is key_states and key_states is value_states:
+            weight, bias = self.packed_qkv()
+            packed = F.linear(query_states, weight, bias).view(batch_size, query_length, 3, self.num_heads, -1)
+            query, key, value = packed.permute(2, 0, 3, 1, 4).unbind(0)  # views: no copy before attention
+        else:
+            query = self.q_proj(query_states).view(batch_size, query_length, self.num_heads, -1).transpose(1, 2)
+            key = self.k_proj(key_states).view(batch_size, key_length, self.num_heads, -1).transpose(1, 2)
+            value = self.v_proj(value_states).view(batch_size, key_length, self.num_heads, -1).transpose(1, 2)
         if level_embeddings is not None:
             num_levels = level_embeddings.shape[1]
             level_keys = F.linear(level_embeddings, self.k_proj.weight)
@@ -167,20 +207,38 @@ class FaceptorEncoderEmbeddings(nn.Module):
         )
         self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size))
         self.position_embedding = nn.Parameter(torch.zeros(1 + config.position_grid_size**2, config.hidden_size))
+        self._position_cache: dict[tuple, tuple] = {}
 
     def interpolated_position_embedding(self, height: int, width: int) -> torch.Tensor:
         """`(1 + height * width, hidden_size)`: the class position, then the grid resized to `height x width`."""
         if (height, width) == (self.grid_size, self.grid_size):
             return self.position_embedding
+        return cached_when_inferring(
+            self._position_cache,
+            (height, width),
+            self.position_embedding,
+            lambda: self._interpolate_position_embedding(height, width),
+        )
+
+    def _interpolate_position_embedding(self, height: int, width: int) -> torch.Tensor:
         class_position, grid = self.position_embedding[:1], self.position_embedding[1:]
         grid = grid.reshape(1, self.grid_size, self.grid_size, -1).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
         return torch.cat([class_position, grid.flatten(2)[0].t()], dim=0)
 
+    def embed_patches(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """`(batch, height * width, hidden_size)` patch embeddings and the patch grid: the stride-`patch_size`
+        convolution as one matrix product over the flattened patches (its weight used as stored), which GPUs
+        run as a GEMM instead of a slow implicit convolution."""
+        batch_size, channels = pixel_values.shape[:2]
+        patch = self.patch_size
+        height, width = pixel_values.shape[2] // patch, pixel_values.shape[3] // patch
+        patches = pixel_values.reshape(batch_size, channels, height, patch, width, patch)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch_size, height * width, channels * patch * patch)
+        return F.linear(patches, self.patch_embedding.weight.flatten(1)), (height, width)
+
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        patches = self.patch_embedding(pixel_values)
-        height, width = patches.shape[-2:]
-        patches = patches.flatten(2).transpose(1, 2)
+        patches, (height, width) = self.embed_patches(pixel_values)
         class_token = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
         embeddings = torch.cat([class_token, patches], dim=1)
         embeddings = embeddings + self.interpolated_position_embedding(height, width).to(patches.dtype)
@@ -271,6 +329,7 @@ class FaceptorAnchorPositionEmbedding(nn.Module):
         self.temperature = temperature
         self.fc1 = nn.Linear(hidden_size, hidden_size)
         self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self._cache: dict[tuple, tuple] = {}
 
     def sine_embedding(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """`(height * width, hidden_size)`: sine/cosine of y (first half) and x (second half)."""
@@ -288,8 +347,13 @@ class FaceptorAnchorPositionEmbedding(nn.Module):
         return torch.cat([encode(y), encode(x)], dim=-1).flatten(0, 1)
 
     def forward(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        sine = self.sine_embedding(height, width, device).to(dtype)
-        return self.fc2(F.relu(self.fc1(sine)))
+        """`(height * width, hidden_size)`, cached per grid size, device and dtype while inferring."""
+
+        def compute() -> torch.Tensor:
+            return self.fc2(F.relu(self.fc1(self.sine_embedding(height, width, device).to(dtype))))
+
+        sources = [self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias]
+        return cached_when_inferring(self._cache, (height, width, torch.device(device), dtype), sources, compute)
 
 
 class FaceptorDecoderLayer(GradientCheckpointingLayer):
@@ -430,25 +494,39 @@ class FaceptorDecoder(nn.Module):
             level_embeddings = None
         else:
             key_positions = anchor_position.repeat(len(levels), 1)
+            # Rows picked one by one (views), not indexed by a list: that would copy a CPU index tensor to the device.
             level_embeddings = torch.cat(
-                [self.task_level_embeddings[spec.name][levels][None].expand(spec.num_queries, -1, -1) for spec in specs]
+                [
+                    torch.stack([self.task_level_embeddings[spec.name][level] for level in levels])[None].expand(
+                        spec.num_queries, -1, -1
+                    )
+                    for spec in specs
+                ]
             )
         memory_keys = memory + key_positions
         sizes = [spec.num_queries for spec in specs]
-        # Each query's task, and which levels each task reads, built from Python values: torch.export cannot
-        # branch on tensor data or size a tensor from it.
-        owner = torch.tensor([index for index, size in enumerate(sizes) for _ in range(size)], device=device)
-        blocked_pairs = owner[:, None] != owner[None, :]
-        # Additive float masks: the eager and SDPA attention functions both add them to the logits.
-        self_attention_mask = torch.zeros(blocked_pairs.shape, dtype=dtype, device=device)
-        self_attention_mask = self_attention_mask.masked_fill(blocked_pairs, torch.finfo(dtype).min)[None, None]
+        # Additive float masks (the eager and SDPA attention functions both add them to the logits), filled on the
+        # device from Python values: no host tensor is copied over, so the forward can be captured in a CUDA graph.
+        blocked = torch.finfo(dtype).min
+        same_task = torch.block_diag(*(torch.ones(size, size, dtype=torch.bool, device=device) for size in sizes))
+        self_attention_mask = torch.zeros(same_task.shape, dtype=dtype, device=device)
+        self_attention_mask = self_attention_mask.masked_fill(~same_task, blocked)[None, None]
         reads = [[level in self.levels_for(spec) for level in levels] for spec in specs]
         cross_attention_mask = None
         if not all(all(row) for row in reads):
-            blocked = ~torch.tensor(reads, device=device)[owner]
-            blocked = blocked.repeat_interleave(anchor_position.shape[0], dim=1)
-            cross_attention_mask = torch.zeros(blocked.shape, dtype=dtype, device=device)
-            cross_attention_mask = cross_attention_mask.masked_fill(blocked, torch.finfo(dtype).min)[None, None]
+            keys_per_level = anchor_position.shape[0]
+            cross_attention_mask = torch.cat(
+                [
+                    torch.cat(
+                        [
+                            torch.full((size, keys_per_level), 0.0 if read else blocked, dtype=dtype, device=device)
+                            for read in row
+                        ],
+                        dim=1,
+                    )
+                    for size, row in zip(sizes, reads, strict=True)
+                ]
+            )[None, None]
         hidden_states = torch.cat([self.query_features[spec.name] for spec in specs])[None].expand(batch_size, -1, -1)
         query_position = torch.cat([self.query_position_embeddings[spec.name] for spec in specs])
         for layer in self.layers:
@@ -524,7 +602,46 @@ class FaceptorIdentityHead(nn.Module):
         return self.batch_norm2(self.fc2(self.batch_norm1(self.fc1(pooled))))
 
 
-class FaceptorPreTrainedModel(PreTrainedModel):
+def check_loaded_weights(
+    model: nn.Module, missing_keys: Iterable[str], source: str, allow_missing_weights: bool = False
+) -> None:
+    """Raises a `ValueError` naming the tensors a loaded model lacks (freshly initialised, unless
+    `allow_missing_weights`) or holds with non-finite values (NaN or inf)."""
+    missing = sorted(missing_keys)
+    if missing and not allow_missing_weights:
+        raise ValueError(
+            f"{source}: {len(missing)} tensors missing from the weights: {', '.join(missing[:5])}"
+            + (", ..." if len(missing) > 5 else "")
+            + " (pass allow_missing_weights=True to initialise them randomly)"
+        )
+    non_finite = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
+    ]
+    if non_finite:
+        raise ValueError(
+            f"{source}: {len(non_finite)} tensors hold NaN or infinite values: {', '.join(non_finite[:5])}"
+            + (", ..." if len(non_finite) > 5 else "")
+        )
+
+
+class CheckedLoadingMixin:
+    """`from_pretrained` that refuses weights which would silently give wrong outputs (see
+    [`check_loaded_weights`]); listed before `PreTrainedModel` in a model's bases."""
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, allow_missing_weights: bool = False, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, with a `ValueError` naming any tensor missing from the checkpoint
+        (randomly initialised instead; allowed with `allow_missing_weights=True`) or holding NaN or inf."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        source = str(args[0]) if args else str(kwargs.get("pretrained_model_name_or_path"))
+        check_loaded_weights(model, loading_info["missing_keys"], source, allow_missing_weights)
+        return (model, loading_info) if output_loading_info else model
+
+
+class FaceptorPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):
     config: FaceptorConfig
     config_class = FaceptorConfig
     base_model_prefix = "faceptor"
@@ -857,4 +974,4 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
 FaceptorConfig.register_for_auto_class()
 FaceptorModel.register_for_auto_class("AutoModel")
 
-__all__ = ["FaceptorModel", "FaceptorPreTrainedModel"]
+__all__ = ["FaceptorModel", "FaceptorPreTrainedModel", "check_loaded_weights"]

@@ -25,7 +25,13 @@ from transformers import initialization as init
 
 from .configuration_faceptor import TaskSpec
 from .configuration_naive_faceptor import NaiveFaceptorConfig
-from .modeling_faceptor import FaceptorEncoder, FaceptorIdentityHead, FaceptorModel, FaceptorPreTrainedModel
+from .modeling_faceptor import (
+    CheckedLoadingMixin,
+    FaceptorEncoder,
+    FaceptorIdentityHead,
+    FaceptorModel,
+    FaceptorPreTrainedModel,
+)
 from .outputs_faceptor import FaceptorOutput
 
 
@@ -153,7 +159,7 @@ class NaiveFaceptorAttributeHead(nn.Module):
         return self.classifiers[task_name](self.features(features))
 
 
-class NaiveFaceptorPreTrainedModel(PreTrainedModel):
+class NaiveFaceptorPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):
     config: NaiveFaceptorConfig
     config_class = NaiveFaceptorConfig
     base_model_prefix = "naive_faceptor"

@@ -8,6 +8,7 @@ standardized head per task group: 1B + N O). Both models are built on the meta d
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 
@@ -16,7 +17,7 @@ import torch
 from ..configuration_faceptor import FaceptorConfig, TaskSpec
 from ..configuration_naive_faceptor import NaiveFaceptorConfig
 from ..task_presets import OFFICIAL_TASKS, PRESETS
-from .errors import CommandError
+from .errors import CommandError, error_summary
 
 # New tasks whose cost the table shows, one per category.
 EXAMPLE_NEW_TASKS = (
@@ -185,10 +186,17 @@ def load_config(name_or_path: str):
     if name_or_path in PRESETS:
         return FaceptorConfig.from_preset(name_or_path)
     if os.path.isdir(name_or_path):
+        # Without this check transformers reads a folder with no config.json as the default (preset) config.
+        if not os.path.isfile(os.path.join(name_or_path, "config.json")):
+            raise CommandError(f"{name_or_path}: not a model folder (no config.json)")
         try:
+            with open(os.path.join(name_or_path, "config.json"), encoding="utf-8") as handle:
+                model_type = json.load(handle).get("model_type")
+            if model_type != FaceptorConfig.model_type:
+                raise ValueError(f"model_type {model_type!r}; summary counts Faceptor models")
             return FaceptorConfig.from_pretrained(name_or_path)
-        except (OSError, ValueError) as error:
-            raise CommandError(f"{name_or_path}: not a Faceptor model folder ({error})") from None
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            raise CommandError(f"{name_or_path}: not a Faceptor model folder ({error_summary(error)})") from None
     raise CommandError(f"{name_or_path}: neither a preset ({', '.join(PRESETS)}) nor a model folder")
 
 

@@ -10,11 +10,15 @@ templates, so the same table converts both ways.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import os
 import pickle
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -488,12 +492,69 @@ def to_official_state_dict(state_dict: dict[str, torch.Tensor], config: Faceptor
     return official
 
 
+def _is_within(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+@contextlib.contextmanager
+def staged_output_folder(
+    output_dir: str | os.PathLike, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """Yields a new folder beside `output_dir` to write a model into, renamed to `output_dir` once the block ends
+    without error (removed otherwise), so a failed conversion leaves neither a half-written model nor a lost
+    earlier one. Refuses an `output_dir` that holds one of the `inputs`, is a file, or is a non-empty folder
+    (unless `overwrite`)."""
+    output_dir = Path(output_dir).absolute()
+    for source in inputs:
+        if _is_within(Path(source), output_dir):
+            raise CheckpointError(f"{output_dir}: holds the input {source}; write the model to another folder")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CheckpointError(f"{output_dir}: exists and is not a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise CheckpointError(f"{output_dir}: folder exists and is not empty; pass --overwrite to replace it")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0o700 would make the model private to its writer
+    try:
+        yield staging
+        if output_dir.exists():
+            aside = staging.with_name(staging.name.replace(".partial-", ".replaced-"))
+            os.rename(output_dir, aside)
+            os.rename(staging, output_dir)
+            shutil.rmtree(aside)
+        else:
+            os.rename(staging, output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """A `CheckpointError` naming the tensors of `model` that hold NaN or inf: they would be written silently."""
+    from ..modeling_faceptor import check_loaded_weights
+
+    try:
+        check_loaded_weights(model, [], source)
+    except ValueError as error:
+        raise CheckpointError(f"{error}; refusing to write them") from None
+
+
 def save_converted_model(
-    model_class, config, state_dict: dict[str, torch.Tensor], losses: dict[str, torch.Tensor], output_dir
+    model_class,
+    config,
+    state_dict: dict[str, torch.Tensor],
+    losses: dict[str, torch.Tensor],
+    output_dir,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> None:
-    """Writes a `model_class(config)` holding exactly `state_dict` (every parameter and buffer required; built
-    on the meta device, so no throw-away initialisation runs) as a `save_pretrained` folder with the default
-    image processor, and the loss module's tensors, if any, as `training_state.safetensors`."""
+    """Writes a `model_class(config)` holding exactly `state_dict` (every parameter and buffer required, all
+    finite; built on the meta device, so no throw-away initialisation runs) as a `save_pretrained` folder with
+    the default image processor, and the loss module's tensors, if any, as `training_state.safetensors`; in a
+    temporary folder renamed when complete (see [`staged_output_folder`])."""
     from safetensors.torch import save_file
 
     with torch.device("meta"):
@@ -503,11 +564,13 @@ def save_converted_model(
         raise CheckpointError(
             f"converted weights do not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}"
         )
-    output_dir = Path(output_dir)
-    model.eval().save_pretrained(output_dir)
-    FaceptorImageProcessor().save_pretrained(output_dir)
-    if losses:
-        save_file({key: value.contiguous() for key, value in losses.items()}, output_dir / "training_state.safetensors")
+    check_finite_weights(model, "converted weights")
+    with staged_output_folder(output_dir, overwrite, inputs) as staging:
+        model.eval().save_pretrained(staging)
+        FaceptorImageProcessor().save_pretrained(staging)
+        if losses:
+            tensors = {key: value.contiguous() for key, value in losses.items()}
+            save_file(tensors, staging / "training_state.safetensors")
 
 
 def layer_list(text: str) -> list[int]:
@@ -527,8 +590,10 @@ def convert_official_checkpoint(
     encoder_heads: int | None = None,
     decoder_heads: int = 8,
     new_feature_layers: list[int] | None = None,
+    overwrite: bool = False,
 ) -> ConversionReport:
-    """Converts an official Faceptor checkpoint (stage 1 or stage 2) into a `save_pretrained` folder.
+    """Converts an official Faceptor checkpoint (stage 1 or stage 2) into a `save_pretrained` folder, which must
+    not exist yet or be empty unless `overwrite`.
 
     With `keep_loss_weights`, the loss module's tensors (e.g. the CosFace class matrix) are written beside
     the model as `training_state.safetensors` under their official names, for resuming training.
@@ -542,7 +607,7 @@ def convert_official_checkpoint(
     ours, losses, report = convert_official_state_dict(state_dict, config, keep_loss_weights)
     from ..modeling_faceptor import FaceptorModel
 
-    save_converted_model(FaceptorModel, config, ours, losses, output_dir)
+    save_converted_model(FaceptorModel, config, ours, losses, output_dir, overwrite, inputs=[checkpoint_path])
     return report
 
 
@@ -607,11 +672,16 @@ def infer_farl_config(
 
 
 def convert_farl(
-    farl_path: str | os.PathLike, output_dir: str | os.PathLike, preset: str = "faceptor-base", **overrides
+    farl_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    preset: str = "faceptor-base",
+    overwrite: bool = False,
+    **overrides,
 ) -> ConversionReport:
     """A FaRL checkpoint (`FaRL-Base-Patch16-LAIONFace20M-ep64.pth`, or the same weights as a Transformers
     `CLIPModel` file or folder) -> a Faceptor model folder whose encoder is FaRL and whose decoder, queries
-    and output modules are freshly initialised: the starting point of training (paper Sec. 4.1)."""
+    and output modules are freshly initialised: the starting point of training (paper Sec. 4.1). The folder
+    must not exist yet or be empty unless `overwrite`."""
     from ..modeling_faceptor import FaceptorModel
 
     checkpoint = load_checkpoint_file(farl_path)
@@ -627,8 +697,10 @@ def convert_farl(
         raise CheckpointError(
             f"FaRL weights do not fit the encoder: missing {missing_encoder[:10]}, unexpected {unexpected[:10]}"
         )
-    model.save_pretrained(output_dir)
-    FaceptorImageProcessor().save_pretrained(output_dir)
+    check_finite_weights(model, f"{farl_path}")
+    with staged_output_folder(output_dir, overwrite, inputs=[farl_path]) as staging:
+        model.save_pretrained(staging)
+        FaceptorImageProcessor().save_pretrained(staging)
     return ConversionReport(config=config, dropped=dropped)
 
 
@@ -645,12 +717,15 @@ def command_convert(args: argparse.Namespace) -> None:
                 encoder_heads=args.encoder_heads,
                 decoder_heads=args.decoder_heads,
                 new_feature_layers=args.new_feature_layers,
+                overwrite=args.overwrite,
             )
         else:
             overrides = {} if args.encoder_heads is None else {"num_attention_heads": args.encoder_heads}
-            report = convert_farl(args.checkpoint, args.output_dir, preset=args.preset, **overrides)
-    except CheckpointError as error:
-        raise CommandError(str(error)) from None
+            report = convert_farl(
+                args.checkpoint, args.output_dir, preset=args.preset, overwrite=args.overwrite, **overrides
+            )
+    except (ValueError, TypeError) as error:  # CheckpointError, or a config the options make inconsistent
+        raise CommandError(str(error).splitlines()[0]) from None
     print(f"wrote {args.output_dir}")
     print(report.summary())
 
@@ -672,5 +747,6 @@ def add_convert_command(subparsers):
         parser_.add_argument("checkpoint", help="checkpoint file (or CLIPModel folder)")
         parser_.add_argument("output_dir", help="folder to write the model to")
         parser_.add_argument("--encoder-heads", type=int, help="encoder attention heads (default: width / 64)")
+        parser_.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds files")
     convert.set_defaults(handler=command_convert)
     return sources

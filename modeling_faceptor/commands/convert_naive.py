@@ -363,6 +363,7 @@ def convert_official_naive_checkpoint(
     attribute_feature_layers: list[int] | None = None,
     identity_feature_layer: int | None = None,
     dense_pool_scales: list[int] | None = None,
+    overwrite: bool = False,
 ) -> NaiveConversionReport:
     """Converts an official Naive Faceptor checkpoint into a `save_pretrained` folder (a [`NaiveFaceptorModel`]
     and the image processor). With `keep_loss_weights`, the loss module's tensors (the CosFace class matrix)
@@ -386,7 +387,7 @@ def convert_official_naive_checkpoint(
     ours, losses, report = convert_official_naive_state_dict(state_dict, config, keep_loss_weights)
     from ..modeling_naive_faceptor import NaiveFaceptorModel
 
-    save_converted_model(NaiveFaceptorModel, config, ours, losses, output_dir)
+    save_converted_model(NaiveFaceptorModel, config, ours, losses, output_dir, overwrite, inputs=[checkpoint_path])
     report.groups = found
     return report
 
@@ -412,9 +413,10 @@ def _command_convert_naive(args) -> None:
             dense_feature_layers=args.dense_layers,
             attribute_feature_layers=args.attribute_layers,
             identity_feature_layer=args.identity_layer,
+            overwrite=args.overwrite,
         )
-    except CheckpointError as error:
-        raise CommandError(str(error)) from None
+    except (ValueError, TypeError) as error:  # CheckpointError, or a config the options make inconsistent
+        raise CommandError(str(error).splitlines()[0]) from None
     print(f"wrote {args.output_dir}")
     print(report.summary())
 
@@ -439,6 +441,7 @@ def add_convert_naive_command(sources):
     parser.add_argument("--dense-layers", type=layer_list, help="layers the dense heads read (official: 3,5,7,11)")
     parser.add_argument("--attribute-layers", type=layer_list, help="attribute heads' layers (official: 5,7,9,11)")
     parser.add_argument("--identity-layer", type=int, help="the identity heads' layer (official: 11)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it holds files")
     parser.set_defaults(handler=_command_convert_naive)
     return parser
 

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
 class CommandError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+# transformers' pipeline packs the traceback of every model class it tried into one message after this marker.
+PACKED_TRACEBACKS_MARKER = "See the original errors:"
+
+
+def error_summary(error: BaseException) -> str:
+    """One line that names the real cause of `error`: its first line, or, for a message that packs tracebacks
+    (transformers' "See the original errors:"), the last traceback's final `Type: message` line."""
+    text = str(error).strip()
+    if PACKED_TRACEBACKS_MARKER in text:
+        packed = text.split(PACKED_TRACEBACKS_MARKER, 1)[1]
+        causes = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception): .*)$", packed, flags=re.MULTILINE)
+        if causes:
+            return causes[-1].strip()
+    first_line = text.splitlines()[0].strip() if text else ""
+    return first_line or type(error).__name__
 
 
 def run_handler(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 from ..modeling_faceptor import FaceptorModel
 from ..processing.image_processing_faceptor import CLIP_MEAN, CLIP_STD, HALF
 from .errors import CommandError
+from .model_loading import load_model_folder
 
 
 def command_evaluate(args: argparse.Namespace) -> None:
@@ -23,7 +24,7 @@ def command_evaluate(args: argparse.Namespace) -> None:
         raise CommandError(f"{args.model}: no such model folder")
     if not os.path.exists(args.data):
         raise CommandError(f"{args.data}: no such dataset folder")
-    model = FaceptorModel.from_pretrained(args.model).eval().to(args.device or "cpu")
+    model = load_model_folder(args.model, FaceptorModel).to(args.device or "cpu")
     specs = model.config.task_specs
     if args.task not in specs:
         raise CommandError(f"the model has no task {args.task!r}; its tasks are {list(specs)}")

@@ -13,6 +13,8 @@ from torch import nn
 
 from ..modeling_faceptor import FaceptorModel
 from .errors import CommandError
+from .model_loading import load_model_folder
+from .predict_outputs import temporary_path
 
 
 class FaceptorTaskGraph(nn.Module):
@@ -41,6 +43,8 @@ def export_onnx(
     """Writes an ONNX graph of `tasks` (all by default) for `input_size` crops with a dynamic batch axis, and
     with `check` runs it in onnxruntime on a batch of another size against PyTorch. Returns the largest
     absolute difference per task; raises `ValueError` if one exceeds `tolerance`."""
+    if input_size is not None and input_size < 1:
+        raise ValueError(f"input_size must be a positive crop side in pixels, got {input_size}")
     specs = model.resolve_tasks(tasks)
     sizes = {spec.input_size for spec in specs}
     if input_size is None:
@@ -86,13 +90,20 @@ def export_onnx(
 
 
 def command_export(args: argparse.Namespace) -> None:
-    if not os.path.isdir(args.model):
-        raise CommandError(f"{args.model}: no such model folder")
-    model = FaceptorModel.from_pretrained(args.model).eval()
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise CommandError(f"{args.output}: no such folder {folder}")
+    model = load_model_folder(args.model, FaceptorModel)
+    # Written beside the output and renamed, so a failed export leaves no partial graph and no earlier one lost.
+    partial = temporary_path(args.output)
     try:
-        differences = export_onnx(model, args.output, tasks=args.tasks, input_size=args.size, check=not args.no_check)
+        differences = export_onnx(model, partial, tasks=args.tasks, input_size=args.size, check=not args.no_check)
+        os.replace(partial, args.output)
     except ValueError as error:
         raise CommandError(str(error)) from None
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     print(f"wrote {args.output}")
     for task, difference in differences.items():
         print(f"  {task}: largest difference to PyTorch {difference:.2e}")
