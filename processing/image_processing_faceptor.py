@@ -4,8 +4,9 @@ Preprocessing follows the official test transforms: dense tasks (landmarks, pars
 normalised with CLIP's mean/std; attribute and identity tasks read a 112-px crop normalised with mean/std
 0.5. A crop is the square around a face box, enlarged by a per-group factor (the official landmark test
 zooms the 300W box out by 1/0.8), or the whole image, padded to a square, when the image is already a
-face crop. Crops are cut on the images' device (face by face with the training crops' antialiased resize; one
-`grid_sample` per image for tanh-warped parsing crops), so memory follows the crops, not the images.
+face crop. Crops are cut on the images' device, all faces of a call together (`resampling.sample_crops`): the
+training crops' antialiased resize of the zero-padded square, or bilinear sampling through the tanh-warp for
+parsing crops, reading only the pixels inside each image, so memory follows the crops, not the images.
 `post_process` decodes the model's raw outputs with the shared `decoding` functions (those the training
 metrics use) on the outputs' device and maps them back to the original images.
 """
@@ -18,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as tvF
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs
@@ -34,6 +34,7 @@ from .decoding import (
 from .geometry import normalized_to_pixels, square_crops, tanh_unwarp, tanh_warp
 from .image_loading import load_image
 from .mask_encoding import label_map_runs
+from .resampling import antialiased_taps, bilinear_taps, sample_crops
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -144,6 +145,10 @@ class FaceptorImageProcessor(TorchvisionBackend):
                 box = [float(value) for value in box]
                 if len(box) != 4 or not box[2] > box[0] or not box[3] > box[1]:
                     raise ValueError(f"Face box {box} must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0.")
+                if box[0] >= width or box[1] >= height or box[2] <= 0 or box[3] <= 0:
+                    raise ValueError(
+                        f"Face box {box} of image {index} lies wholly outside the image ({width}x{height} px)."
+                    )
                 face_boxes.append(box)
                 whole_image.append(whole)
                 image_index.append(index)
@@ -168,49 +173,46 @@ class FaceptorImageProcessor(TorchvisionBackend):
     def crop_faces(
         self, images: Sequence[torch.Tensor], crops: torch.Tensor, image_index: torch.Tensor, group: str
     ) -> torch.Tensor:
-        """`(3, H, W)` uint8 images on one device, `(F, 3)` crops (left, top, side) and each crop's image index ->
+        """`(3, H, W)` images on one device, `(F, 3)` crops (left, top, side) and each crop's image index ->
         normalised `(F, 3, size, size)` float crops on that device, the parts outside an image black (as the
-        official warps leave them). Plain crops are cropped and resized (antialiased) face by face, exactly as the
-        training transforms crop; "parsing" crops with a warp
-        factor are tanh-warped (`warped_crops`)."""
+        official warps leave them). Plain crops are the training transforms' crop and antialiased resize
+        (`antialiased_taps`: the values of `tvF.resize(tvF.crop(...), antialias=True)` of uint8 images on the CPU),
+        without padding the square; "parsing" crops with a warp factor are tanh-warped (`warped_crops`). All faces
+        go through `sample_crops` together."""
         size, mean, std, _ = self.group_settings(group)
         device = images[0].device if images else crops.device
-        crops, image_index = crops.to(device, torch.float32), image_index.to(device)
+        crops, image_index = crops.to(device, torch.float64), image_index.to(device)
+        if not len(crops):
+            return torch.zeros(0, 3, size, size, device=device)
         if group == "parsing" and self.parsing_warp_factor > 0:
             pixels = self.warped_crops(images, crops, image_index, size)
         else:
-            # Face by face, the crop and antialiased resize the models were trained with: one batched roi_align
-            # (box-averaged samples) moved pixels by up to 9 grey levels (mean 0.5) against the training crops.
-            patches = [
-                tvF.resize(tvF.crop(images[index], top, left, side, side), [size, size], antialias=True)
-                for (left, top, side), index in zip(crops.round().int().tolist(), image_index.tolist(), strict=True)
-            ]
-            pixels = torch.stack(patches).float() if patches else torch.zeros(0, 3, size, size, device=device)
-        return tvF.normalize(pixels / 255.0, list(mean), list(std))
+            heights, widths = _image_extents(images, image_index)
+            left, top, side = crops.round().unbind(1)
+            rows = antialiased_taps(top, side, heights, size)
+            columns = antialiased_taps(left, side, widths, size)
+            pixels = sample_crops(images, image_index, rows, columns)  # 0..255 integers, as uint8 crops
+        mean = torch.tensor(mean, device=device)[:, None, None]
+        std = torch.tensor(std, device=device)[:, None, None]
+        return pixels.div_(255.0).sub_(mean).div_(std)
 
     def warped_crops(
         self, images: Sequence[torch.Tensor], crops: torch.Tensor, image_index: torch.Tensor, size: int
     ) -> torch.Tensor:
         """Tanh-warped parsing crops `(F, 3, size, size)`, unnormalised 0-255: each output pixel samples
-        (bilinear) its image where `tanh_unwarp` puts it, so the face fills the centre and the rest of the image
-        is squeezed into the border. One `grid_sample` per image: its faces' grids stacked along the height."""
-        device = crops.device
-        centres = torch.arange(size, dtype=torch.float32, device=device) + 0.5
+        (bilinear, black outside the image, as `grid_sample`) its image where `tanh_unwarp` puts it, so the face
+        fills the centre and the rest of the image is squeezed into the border. The warp is separable, so each
+        crop reads only its at most 2 `size` rows and columns of the image (`bilinear_taps`), never the whole
+        image at once."""
+        crops = crops.to(torch.float64)
+        centres = torch.arange(size, dtype=torch.float64, device=crops.device) + 0.5
         source = tanh_unwarp(centres, size, self.parsing_warp_factor)  # (size,) in crop pixels of a `size` crop
-        pixels = torch.zeros(len(crops), 3, size, size, device=device)
-        for index in dict.fromkeys(image_index.tolist()):
-            image = images[index]
-            height, width = image.shape[-2:]
-            rows = (image_index == index).nonzero().squeeze(1)
-            left, top, side = crops[rows].unbind(1)
-            xs = (left[:, None] + source * (side[:, None] / size)) / width * 2 - 1  # (f, size)
-            ys = (top[:, None] + source * (side[:, None] / size)) / height * 2 - 1
-            grid = torch.stack([xs[:, None, :].expand(-1, size, -1), ys[:, :, None].expand(-1, -1, size)], dim=-1)
-            sampled = F.grid_sample(
-                image[None].float(), grid.reshape(1, -1, size, 2), mode="bilinear", align_corners=False
-            )
-            pixels[rows] = sampled[0].reshape(3, len(rows), size, size).transpose(0, 1)
-        return pixels
+        left, top, side = crops.unbind(1)
+        # Crop pixels -> image pixels, pixel centres at integers.
+        xs = left[:, None] + source * (side[:, None] / size) - 0.5
+        ys = top[:, None] + source * (side[:, None] / size) - 0.5
+        heights, widths = _image_extents(images, image_index)
+        return sample_crops(images, image_index, bilinear_taps(ys, heights), bilinear_taps(xs, widths))
 
     def preprocess(
         self,
@@ -418,6 +420,12 @@ def _crop_grid(pixels: torch.Tensor, origin: float, side: float, extent: int, wa
     # image pixel centres -> crop coordinates in pixels of an `extent`-wide map -> tanh-warped -> grid_sample's [-1, 1]
     inside = (pixels + 0.5 - origin) / side * extent
     return tanh_warp(inside, extent, warp_factor) / extent * 2 - 1
+
+
+def _image_extents(images: Sequence[torch.Tensor], image_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Each face's image height and width `(F,)`, on the faces' device.
+    sizes = torch.tensor([list(image.shape[-2:]) for image in images], device=image_index.device)
+    return sizes[image_index, 0], sizes[image_index, 1]
 
 
 def _field(spec: Any, name: str) -> Any:

@@ -148,3 +148,143 @@ def test_tanh_warped_parsing_crops_and_their_inverse():
     labels = FaceptorImageProcessor.post_process_parsing(logits[None], out["crops_parsing"], [(200, 300)], 0.8)[0]
     inside = slice(70, 130), slice(110, 170)  # around the face, where the warp keeps full resolution
     assert (labels[inside] == truth.numpy()[inside]).mean() > 0.95
+
+
+def training_crops(images, crops, image_index, size):
+    """The crops of the training transforms, face by face: zero-padded square, antialiased resize, uint8."""
+    from torchvision.transforms.v2 import functional as tvF
+
+    patches = [
+        tvF.resize(tvF.crop(images[index], top, left, side, side), [size, size], antialias=True)
+        for (left, top, side), index in zip(crops.round().int().tolist(), image_index.tolist(), strict=True)
+    ]
+    return torch.stack(patches).double()
+
+
+def unnormalised(pixel_values, processor, group):
+    mean = torch.tensor(getattr(processor, f"{group}_mean"), dtype=torch.float64)[:, None, None]
+    std = torch.tensor(getattr(processor, f"{group}_std"), dtype=torch.float64)[:, None, None]
+    return (pixel_values.double() * std + mean) * 255
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """The bundled photo and three of scikit-image's, `(3, H, W)` uint8."""
+    from pathlib import Path
+
+    from PIL import Image
+    from skimage import data
+
+    import faceptor
+
+    bundled = np.asarray(Image.open(Path(faceptor.__file__).parent / "assets" / "astronaut.jpg").convert("RGB"))
+    arrays = [bundled, data.astronaut(), data.coffee(), data.chelsea()]
+    return [torch.from_numpy(np.array(array)).permute(2, 0, 1) for array in arrays]
+
+
+def crop_cases(photos):
+    """(left, top, side) crops of every photo: inside, partly outside, the whole image padded to a square, tiny
+    (1 and 3 px) and huge (3x the image) ones, and one of each at another photo to batch across images."""
+    crops, image_index = [], []
+    for index, photo in enumerate(photos):
+        height, width = photo.shape[-2:]
+        longer = max(height, width)
+        for crop in [
+            (width // 3, height // 4, min(height, width) // 2),  # inside
+            (-40, -25, 180),  # over the top-left corner
+            (width - 90, height // 2, 300),  # over the right edge
+            ((width - longer) // 2, (height - longer) // 2, longer),  # the whole image
+            (width // 2, height // 2, 1),
+            (17, 23, 3),
+            (-longer, -longer, 3 * longer),
+        ]:
+            crops.append(crop)
+            image_index.append(index)
+    return torch.tensor(crops, dtype=torch.float32), torch.tensor(image_index)
+
+
+@pytest.mark.parametrize("group", ["dense", "face"])
+def test_crops_equal_the_training_crops(photos, group, monkeypatch):
+    processor = FaceptorImageProcessor()  # 512-px dense, 112-px face crops
+    size = processor.group_settings(group)[0]
+    crops, image_index = crop_cases(photos)
+    pixels = unnormalised(processor.crop_faces(photos, crops, image_index, group), processor, group)
+    expected = training_crops(photos, crops, image_index, size)
+    # The same 0..255 values as the padded-square crops, to the grey level.
+    assert (pixels - expected).abs().max() < 1e-3
+    if group == "face":  # crops cut one per call (the smallest work budget) are the same crops
+        from faceptor.processing import resampling
+
+        monkeypatch.setattr(resampling, "CHUNK_BYTES", {"cpu": 1})
+        one_by_one = unnormalised(processor.crop_faces(photos, crops, image_index, group), processor, group)
+        torch.testing.assert_close(one_by_one, pixels)
+        # Rows first (a tall strip's order, here for every crop taller than wide inside its image) rounds
+        # differently: within one grey level.
+        monkeypatch.setattr(resampling, "ROWS_FIRST_BYTES", 0)
+        tall = crops.clone()
+        tall[:, 0] -= tall[:, 2] * 0.45  # mostly left of the image: taller than wide inside it
+        rows_first = unnormalised(processor.crop_faces(photos, tall, image_index, group), processor, group)
+        difference = (rows_first - training_crops(photos, tall, image_index, size)).abs()
+        assert difference.max() < 1.001 and 0 < difference.mean() < 0.1
+
+
+def test_warped_parsing_crops_sample_the_image_as_grid_sample(photos):
+    from faceptor.processing.geometry import tanh_unwarp
+
+    processor = FaceptorImageProcessor(dense_size=96, parsing_warp_factor=0.8)
+    crops, image_index = crop_cases(photos)
+    warped = processor.warped_crops(photos, crops, image_index, 96)
+    source = tanh_unwarp(torch.arange(96, dtype=torch.float32) + 0.5, 96, 0.8)
+    for face, ((left, top, side), index) in enumerate(zip(crops.tolist(), image_index.tolist(), strict=True)):
+        height, width = photos[index].shape[-2:]
+        xs = (left + source * side / 96) / width * 2 - 1
+        ys = (top + source * side / 96) / height * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
+        expected = torch.nn.functional.grid_sample(photos[index][None].float(), grid, align_corners=False)[0]
+        torch.testing.assert_close(warped[face], expected, atol=0.05, rtol=0)
+
+
+def test_a_box_wholly_outside_the_image_raises_naming_it():
+    processor = FaceptorImageProcessor(dense_size=64, face_size=32)
+    with pytest.raises(ValueError, match=r"Face box \[310\.0, 10\.0, 360\.0, 60\.0\] of image 0 lies wholly outside"):
+        processor(coordinate_image(200, 300), boxes=[[310, 10, 360, 60]])
+    with pytest.raises(ValueError, match="outside the image"):
+        processor(coordinate_image(200, 300), boxes=[[-80, -60, 0, -1]])
+    out = processor(coordinate_image(200, 300), boxes=[[-40, -40, 10, 10]])  # partly inside: cropped
+    assert out["pixel_values_dense"].shape == (1, 3, 64, 64)
+
+
+@pytest.mark.slow  # a fresh process (imports ~8 s)
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the resident memory from /proc")
+def test_a_60000_px_strip_crops_with_memory_in_proportion_to_the_crop():
+    # Padding the whole-image crop of a 60000 x 100 strip to its square would take 10.8 GB; its crops take the
+    # strip's pixels and the crops' (the peak resident memory while cropping, above what the process held before).
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from faceptor import FaceptorImageProcessor
+
+        def memory_mb(key):
+            return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith(key))
+
+        processor = FaceptorImageProcessor(parsing_warp_factor=0.8)
+        processor(np.zeros((64, 64, 3), np.uint8), groups=("dense", "face", "parsing"))  # imports, first calls
+        strip = np.full((100, 60000, 3), 200, np.uint8)
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # the peak resident memory (VmHWM) restarts from here
+        before = memory_mb("VmRSS")
+        out = processor(strip, groups=("dense", "face", "parsing"))
+        print(f"extra-mb {memory_mb('VmHWM') - before:.1f}")
+        dense = out["pixel_values_dense"][0]
+        row = dense[:, 256]  # the strip's band, across the crop
+        print("band", float(row.std(dim=1).max()), float(row.mean()), float(dense[:, 0, 0].max()))
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert float(lines["extra-mb"]) < 200, result.stdout
+    # The strip is the crop's middle row band: uniform grey along it, black (normalised) in the corner.
+    band_spread, band_mean, corner = (float(value) for value in lines["band"].split())
+    assert band_spread < 1e-3 and corner < -1.0 and band_mean > corner + 0.5
