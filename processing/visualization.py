@@ -4,6 +4,8 @@ age, expression and top attributes written beside each face."""
 from __future__ import annotations
 
 import colorsys
+import os
+import secrets
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -12,6 +14,11 @@ from .mask_encoding import decode_label_map
 
 OVERLAY_OPACITY = 0.45
 TOP_ATTRIBUTES = 3
+# Captions: font size per pixel of face height (bounded), padding and gap to the box in pixels, and the search
+# around each face: positions slid along each side and rings further out.
+FONT_PER_FACE_HEIGHT, MIN_FONT_SIZE = 0.2, 9
+LABEL_PADDING, LABEL_GAP = 2, 3
+LABEL_SLIDES, LABEL_RINGS = 9, 4
 
 
 def class_colours(count: int) -> np.ndarray:
@@ -43,6 +50,83 @@ def face_caption(face: dict) -> list[str]:
     return lines
 
 
+def _beside(size: tuple[int, int], box: np.ndarray, gap: int) -> np.ndarray:
+    """(N, 4) spots for a `size` rectangle just outside `box`: slid along each side, then in rings further out."""
+    label_width, label_height = size
+    x0, y0, x1, y1 = box
+    corners = []
+    for ring in range(LABEL_RINGS):  # further rings stack the label past labels already placed beside the face
+        reach_x, reach_y = gap + ring * (label_width + gap), gap + ring * (label_height + gap)
+        slide_x = np.linspace(x0 - label_width, x1, LABEL_SLIDES)
+        slide_y = np.linspace(y0 - label_height, y1, LABEL_SLIDES)
+        corners += [(x, y1 + reach_y) for x in slide_x] + [(x, y0 - reach_y - label_height) for x in slide_x]
+        corners += [(x1 + reach_x, y) for y in slide_y] + [(x0 - reach_x - label_width, y) for y in slide_y]
+    corners = np.asarray(corners, dtype=np.float64)
+    return np.concatenate([corners, corners + size], axis=1)
+
+
+def _anywhere(size: tuple[int, int], width: int, height: int) -> np.ndarray:
+    """(N, 4) spots for a `size` rectangle on a grid over the whole picture (half the label's height apart)."""
+    step = max(4.0, size[1] / 2)
+    xs, ys = np.arange(0, max(width - size[0], 0) + 1, step), np.arange(0, max(height - size[1], 0) + 1, step)
+    corners = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2).astype(np.float64)
+    return np.concatenate([corners, corners + size], axis=1)
+
+
+def _nearest_free(
+    spots: np.ndarray, box: np.ndarray, obstacles: np.ndarray, width: int, height: int
+) -> tuple[np.ndarray, float]:
+    """Of `spots` (N, 4), those inside the picture (else all, pushed into it), the one overlapping no obstacle
+    nearest the face in `box` (else the least overlapping one), and the area it overlaps."""
+    inside = (spots[:, 0] >= 0) & (spots[:, 1] >= 0) & (spots[:, 2] <= width) & (spots[:, 3] <= height)
+    if inside.any():
+        spots = spots[inside]
+    else:  # no spot fits: each pushed into the picture (a label bigger than the picture from its top left)
+        extent = spots[0, 2:] - spots[0, :2]
+        corners = np.clip(spots[:, :2], 0, np.maximum([width, height] - extent, 0))
+        spots = np.concatenate([corners, corners + extent], axis=1)
+    overlap_x = np.minimum(spots[:, None, 2], obstacles[None, :, 2]) - np.maximum(spots[:, None, 0], obstacles[:, 0])
+    overlap_y = np.minimum(spots[:, None, 3], obstacles[None, :, 3]) - np.maximum(spots[:, None, 1], obstacles[:, 1])
+    overlap = (np.clip(overlap_x, 0, None) * np.clip(overlap_y, 0, None)).sum(axis=1)
+    centre = (box[:2] + box[2:]) / 2
+    distance = np.linalg.norm((spots[:, :2] + spots[:, 2:]) / 2 - centre, axis=1)
+    best = np.lexsort((distance, overlap))[0]  # no overlap first, then nearest the face
+    return spots[best], float(overlap[best])
+
+
+def caption_layout(result: dict, width: int, height: int) -> list[dict | None]:
+    """Per face, where its caption goes in a `width` x `height` picture: `{"text", "font", "rectangle"}` (the
+    rectangle, padding included, outside every face box and every other caption and inside the picture wherever
+    there is room, nearest its face), or None when it has no caption. Bigger faces are placed first; small faces
+    get a smaller font."""
+    faces = result.get("faces", [])
+    boxes = np.asarray([face["box"] for face in faces], dtype=np.float64).reshape(-1, 4)
+    base_size = max(MIN_FONT_SIZE, round(14 * max(height, width) / 512))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    layout: list[dict | None] = [None] * len(faces)
+    placed: list[np.ndarray] = []
+    for index in np.argsort(-(boxes[:, 3] - boxes[:, 1]), kind="stable"):
+        text = "\n".join(face_caption(faces[index]))
+        if not text:
+            continue
+        face_height = boxes[index, 3] - boxes[index, 1]
+        size = int(np.clip(round(face_height * FONT_PER_FACE_HEIGHT), MIN_FONT_SIZE, base_size))
+        obstacles = np.concatenate([boxes, np.asarray(placed).reshape(-1, 4)])
+        # Beside the face in its own font, else in the smallest, else anywhere free in the smallest.
+        attempts = [(font_size, False) for font_size in dict.fromkeys((size, MIN_FONT_SIZE))] + [(MIN_FONT_SIZE, True)]
+        for font_size, far in attempts:
+            font = _font(font_size)
+            left, top, right, bottom = measure.multiline_textbbox((0, 0), text, font=font)
+            extent = (right - left + 2 * LABEL_PADDING, bottom - top + 2 * LABEL_PADDING)
+            spots = _anywhere(extent, width, height) if far else _beside(extent, boxes[index], LABEL_GAP)
+            rectangle, overlap = _nearest_free(spots, boxes[index], obstacles, width, height)
+            if overlap == 0:
+                break
+        placed.append(rectangle)
+        layout[index] = {"text": text, "font": font, "rectangle": tuple(float(v) for v in rectangle)}
+    return layout
+
+
 def draw_result(image: np.ndarray, result: dict) -> Image.Image:
     """An (H, W, 3) uint8 RGB image and its pipeline result -> a PIL picture of the result (wider than the
     image when a parsing legend is drawn on the right)."""
@@ -70,16 +154,26 @@ def draw_result(image: np.ndarray, result: dict) -> Image.Image:
         radius = max(1.5, 2.0 * scale)
         for x, y in face.get("landmarks", []):
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(0, 255, 0))
-        text = "\n".join(face_caption(face))
-        if text:
-            # Beside the face: right of the box when there is room, else left of it.
-            box = draw.multiline_textbbox((0, 0), text, font=font)
-            text_width = box[2] - box[0]
-            left = x1 + 4 if x1 + 4 + text_width <= width else max(0, x0 - 4 - text_width)
-            anchor = (left, max(0, y0))
-            frame = draw.multiline_textbbox(anchor, text, font=font)
-            draw.rectangle([frame[0] - 2, frame[1] - 2, frame[2] + 2, frame[3] + 2], fill=(0, 0, 0))
-            draw.multiline_text(anchor, text, fill=(255, 255, 255), font=font)
+    captions = [
+        (face, caption)
+        for face, caption in zip(result.get("faces", []), caption_layout(result, width, height), strict=True)
+        if caption is not None
+    ]
+    for face, caption in captions:  # lines first, so that no line crosses a caption's text
+        left, top, right, bottom = caption["rectangle"]
+        x0, y0, x1, y1 = face["box"]
+        # A caption placed away from its face (no room beside it) is tied to it by a line from its nearest edge.
+        near_x, near_y = min(max(x0, left), right), min(max(y0, top), bottom)
+        face_x, face_y = min(max(near_x, x0), x1), min(max(near_y, y0), y1)
+        if max(abs(near_x - face_x), abs(near_y - face_y)) > LABEL_GAP + 1:
+            draw.line([(near_x, near_y), (face_x, face_y)], fill=(255, 255, 0), width=1)
+    for _, caption in captions:
+        left, top, right, bottom = caption["rectangle"]
+        draw.rectangle([left, top, right - 1, bottom - 1], fill=(0, 0, 0))
+        # The text's own offset inside its bounding box (the font's ascent gap) is undone so padding stays even.
+        offset_x, offset_y = draw.multiline_textbbox((0, 0), caption["text"], font=caption["font"])[:2]
+        origin = (left + LABEL_PADDING - offset_x, top + LABEL_PADDING - offset_y)
+        draw.multiline_text(origin, caption["text"], fill=(255, 255, 255), font=caption["font"])
     if not legend:
         return picture
     row = font.size + 6 if hasattr(font, "size") else 16
@@ -92,3 +186,31 @@ def draw_result(image: np.ndarray, result: dict) -> Image.Image:
         legend_draw.rectangle([width + 6, top, width + 6 + row - 6, top + row - 6], fill=colour, outline=(0, 0, 0))
         legend_draw.text((width + row + 6, top), name, fill=(0, 0, 0), font=font)
     return framed
+
+
+PICTURE_COMMENT = b"faceptor picture"  # marks our pictures: a later run may replace these, and no other file
+
+
+def is_saved_picture(path: str | os.PathLike) -> bool:
+    """Whether the file at `path` is a picture `save_picture` wrote (its JPEG comment says so)."""
+    try:
+        with Image.open(path) as picture:
+            return picture.format == "JPEG" and picture.info.get("comment") == PICTURE_COMMENT
+    except Exception:  # not an image, unreadable, a folder: not ours
+        return False
+
+
+def save_picture(picture: Image.Image, path: str | os.PathLike) -> None:
+    """Saves `picture` as a JPEG at `path` (making its folders), marked with `PICTURE_COMMENT`: written under a
+    temporary name beside it and renamed when complete, so an interrupted save never leaves a half picture, nor
+    truncates a file at `path`."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.{os.getpid()}-{secrets.token_hex(3)}.tmp"
+    try:
+        picture.save(temporary, format="JPEG", comment=PICTURE_COMMENT)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise

