@@ -17,8 +17,9 @@ from .modeling_faceptor import FaceptorModel, FaceptorPreTrainedModel
 from .modeling_naive_faceptor import NaiveFaceptorModel, NaiveFaceptorPreTrainedModel
 from .outputs_faceptor import FaceptorOutput
 from .processing.image_processing_faceptor import FaceptorImageProcessor
-from .processing.pipeline_faceptor import FacePerceptionPipeline
+from .processing.pipeline_faceptor import FacePerceptionPipeline, set_video_reader
 from .task_query_sets import set_hub_integration
+from .video.reading import is_video_path
 
 AutoConfig.register(FaceptorConfig.model_type, FaceptorConfig, exist_ok=True)
 AutoModel.register(FaceptorConfig, FaceptorModel, exist_ok=True)
@@ -39,6 +40,16 @@ def _hub_integration() -> SimpleNamespace:
 
 
 set_hub_integration(_hub_integration())
+
+
+def _video_results(face_pipeline, path, **options):
+    # Imported when a video is given: PyAV is optional, and the reader's threads start only then.
+    from .video.perception import iterate_video_results
+
+    return iterate_video_results(face_pipeline, path, **options)
+
+
+set_video_reader(SimpleNamespace(is_video=is_video_path, results=_video_results))
 
 from .demo_model import DEMO_MODEL_DIR  # noqa: E402
 

@@ -10,6 +10,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_IMAGE_SIDE = 16  # below this no face can be told apart
+# Always taken from a folder, whatever Pillow's plugins say.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"})
+IDENTIFY_ONLY_FORMATS = frozenset({"MPEG"})  # Pillow recognises these files but cannot decode their pixels
 
 
 class ImageLoadError(ValueError):
@@ -25,6 +28,25 @@ def describe_source(source: object) -> str:
     if isinstance(source, np.ndarray):
         return f"array {tuple(source.shape)} {source.dtype}"
     return type(source).__name__
+
+
+def image_suffixes() -> frozenset[str]:
+    """The file extensions (lower case, with the dot) a folder of images is searched for: every format Pillow can
+    open and decode here, as when such a file is named directly (`.avif`, `.jfif`, `.tga`, ...), and
+    `IMAGE_SUFFIXES`. Not stubs needing a handler nobody installed, nor EPS without Ghostscript."""
+    from PIL import EpsImagePlugin, ImageFile
+
+    found = set(IMAGE_SUFFIXES)
+    for suffix, image_format in Image.registered_extensions().items():
+        if image_format not in Image.OPEN or image_format in IDENTIFY_ONLY_FORMATS:
+            continue
+        factory = Image.OPEN[image_format][0]
+        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile):
+            continue
+        if image_format == "EPS" and not EpsImagePlugin.has_ghostscript():
+            continue
+        found.add(suffix.lower())
+    return frozenset(found)
 
 
 def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
@@ -97,8 +119,12 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarr
             raise ImageLoadError(f"{name}: refused, too many pixels (possible decompression bomb): {error}") from None
         except UnidentifiedImageError:
             raise ImageLoadError(f"{name}: not an image file (or a format Pillow cannot read)") from None
+        except MemoryError:
+            raise ImageLoadError(f"{name}: too large to decode in the memory available") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise ImageLoadError(f"{name}: cannot decode, truncated or corrupt ({error})") from None
+        except Exception as error:  # Pillow's format plugins raise many other types on corrupt files
+            raise ImageLoadError(f"{name}: cannot decode, corrupt ({type(error).__name__}: {error})") from None
     elif isinstance(source, Image.Image):
         array = _pil_to_rgb(source, name)
     elif isinstance(source, np.ndarray):

@@ -10,6 +10,7 @@ image's faces into its result dict.
 from __future__ import annotations
 
 import logging
+import os
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,20 @@ KIND_RESULT_KEY = {
 }
 DEFAULT_BATCH_SIZE = 8  # faces per forward pass
 _UNSET = "unset"
+# Videos are read by the installed package only (`faceptor.video`, which does not travel as remote code): its
+# `__init__` registers the reader here, with `is_video(path)` and `results(pipeline, path, **kwargs)`.
+_video_reader: Any = None
+
+
+def set_video_reader(reader: Any) -> None:
+    global _video_reader
+    _video_reader = reader
+
+
+def _image_error(source: str, stage: str, error: BaseException) -> str:
+    """One line for a failure on one image: where it failed and the error's first line."""
+    lines = str(error).strip().splitlines()
+    return f"{source}: {stage} ({type(error).__name__}: {lines[0][:200] if lines else 'no message'})"
 
 
 def _round(values: Any, digits: int = 4) -> Any:
@@ -92,13 +107,20 @@ class FacePerceptionPipeline(ChunkPipeline):
             preprocess["detector"] = detector
         if boxes is not None:
             preprocess["boxes"] = boxes
+        forward = {"specs": specs}
         if on_error is not None:
-            preprocess["on_error"] = on_error
-        return preprocess, {"specs": specs}, {"specs": specs}
+            preprocess["on_error"] = forward["on_error"] = on_error
+        return preprocess, forward, {"specs": specs}
 
     def __call__(self, inputs, boxes=None, **kwargs):
         """One input -> its result dict; a list -> a list of result dicts in the same order, where a bad input
-        gives `{"source", "error"}` and the others are unaffected; a generator -> an iterator of result dicts."""
+        gives `{"source", "error"}` and the others are unaffected; a generator -> an iterator of result dicts; a video
+        path -> a generator of per-frame result dicts (`faceptor.video.perception.perceive_video`: `every`, `fps`,
+        `smooth`; each face with a `track_id`)."""
+        if _video_reader is not None and isinstance(inputs, (str, os.PathLike)) and _video_reader.is_video(inputs):
+            if boxes is not None:
+                raise ValueError("boxes are per image; a video's faces are found in each frame")
+            return _video_reader.results(self, inputs, **kwargs)
         # The base class cannot do two things this pipeline needs, so they are done here, before it runs:
         # per-image boxes (its call parameters are the same for every input, so each image travels with its
         # boxes, as zero-shot object detection packs image and labels) and recording a bad input of a list in
@@ -182,11 +204,13 @@ class FacePerceptionPipeline(ChunkPipeline):
     def preprocess(self, inputs, boxes=None, detector=_UNSET, on_error: str = "raise"):
         """One image -> one item per face (the last marked `is_last`), or a single face-less item carrying the
         image's warning or error."""
-        image, detections = inputs, None
+        image, detections, source = inputs, None, None
         if isinstance(inputs, dict) and "image" in inputs:
-            # `detections`: the faces `detect` found beforehand (e.g. on a decoding thread, beside the model)
+            # `detections`: the faces `detect` found beforehand (e.g. on a decoding thread, beside the model);
+            # `source`: the name of already decoded pixels (their file), for the result and its error lines
             image, boxes, detections = inputs["image"], inputs.get("boxes", boxes), inputs.get("detections")
-        info = {"source": describe_source(image)}
+            source = inputs.get("source")
+        info = {"source": source or describe_source(image)}
         try:
             array = load_image(image)
         except ImageLoadError as error:
@@ -196,22 +220,29 @@ class FacePerceptionPipeline(ChunkPipeline):
             return
         height, width = array.shape[:2]
         info["image_size"] = [width, height]
-        if boxes is not None:
-            if len(boxes) and all(isinstance(value, (int, float)) for value in boxes):
-                boxes = [boxes]  # one flat [x0, y0, x1, y1] box
-            faces, box_source = [([float(v) for v in box], None) for box in boxes], "given"
-        elif detections is not None:
-            faces, box_source = detections, "detector"
-        else:
-            found, box_source = self.resolve_detector(self.default_detector if detector == _UNSET else detector)
-            faces = self.detect(found, [array])[0] if found is not None else [([0.0, 0.0, width, height], None)]
+        try:
+            if boxes is not None:
+                if len(boxes) and all(isinstance(value, (int, float)) for value in boxes):
+                    boxes = [boxes]  # one flat [x0, y0, x1, y1] box
+                faces, box_source = [([float(v) for v in box], None) for box in boxes], "given"
+            elif detections is not None:
+                faces, box_source = detections, "detector"
+            else:
+                found, box_source = self.resolve_detector(self.default_detector if detector == _UNSET else detector)
+                faces = self.detect(found, [array])[0] if found is not None else [([0.0, 0.0, width, height], None)]
+            whole = box_source == "whole_image"
+            if faces:
+                # Validated here, where a bad box is still this image's error.
+                self.image_processor.face_geometry([(height, width)], [None if whole else [box for box, _ in faces]])
+        except Exception as error:  # a detector failing on this image, or a box no crop can be made of
+            if on_error == "raise":
+                raise
+            yield self._faceless_item({**info, "error": _image_error(info["source"], "cannot place its faces", error)})
+            return
         info["box_source"] = box_source
         if not faces:
             yield self._faceless_item(info)
             return
-        whole = box_source == "whole_image"
-        # Validated here, where a bad box is still this image's error.
-        self.image_processor.face_geometry([(height, width)], [None if whole else [box for box, _ in faces]])
         shared = _Image(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
         for index, (box, score) in enumerate(faces):
             yield {
@@ -235,7 +266,7 @@ class FacePerceptionPipeline(ChunkPipeline):
             "is_last": True,
         }
 
-    def _forward(self, model_inputs: dict, specs: Sequence[Any] = ()) -> dict:
+    def _forward(self, model_inputs: dict, specs: Sequence[Any] = (), on_error: str = "raise") -> dict:
         # With batch_size 1 the base class hands over one item as yielded, otherwise lists of the items' values.
         single = not isinstance(model_inputs["is_last"], list)
         batch = {
@@ -243,11 +274,18 @@ class FacePerceptionPipeline(ChunkPipeline):
             for key, value in model_inputs.items()
         }
         decoded = {spec.name: [None] * len(batch["is_last"]) for spec in specs}
+        errors: list[str | None] = [None] * len(batch["is_last"])
         rows = [row for row, image in enumerate(batch["image"]) if image is not None]
         if rows:
-            self._run_faces(batch, rows, specs, decoded)
+            try:
+                self._run_faces(batch, rows, specs, decoded)
+            except Exception as error:  # out of memory, a crop that cannot be made: find the image, keep the others
+                if on_error == "raise":
+                    raise
+                self._run_faces_image_by_image(batch, rows, specs, decoded, errors, error)
         outputs = {
             "is_last": batch["is_last"],
+            "error": errors,
             "has_face": [image is not None for image in batch["image"]],
             "info": batch["info"],
             "score": batch["score"],
@@ -255,6 +293,32 @@ class FacePerceptionPipeline(ChunkPipeline):
             **{f"task:{name}": values for name, values in decoded.items()},
         }
         return {key: value[0] for key, value in outputs.items()} if single else outputs
+
+    def _run_faces_image_by_image(
+        self,
+        batch: dict,
+        rows: list[int],
+        specs: Sequence[Any],
+        decoded: dict,
+        errors: list[str | None],
+        batch_error: Exception,
+    ) -> None:
+        """After the faces of `rows` failed together with `batch_error`: again one image at a time (unless they
+        are one image's); the rows of an image that fails get its error."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # what the failed batch held, before the smaller tries
+        by_image: dict[int, list[int]] = {}
+        for row in rows:
+            by_image.setdefault(id(batch["image"][row]), []).append(row)
+        for image_rows in by_image.values():
+            try:
+                if len(by_image) == 1:
+                    raise batch_error
+                self._run_faces(batch, image_rows, specs, decoded)
+            except Exception as error:
+                message = _image_error(batch["info"][image_rows[0]]["source"], "cannot crop or run the model", error)
+                for row in image_rows:
+                    errors[row] = message
 
     def _run_faces(self, batch: dict, rows: list[int], specs: Sequence[Any], decoded: dict) -> None:
         """Crops, runs and decodes the faces of `rows` on the model's device; stores per face CPU results."""
@@ -302,6 +366,9 @@ class FacePerceptionPipeline(ChunkPipeline):
         info = model_outputs[0]["info"]
         if "error" in info:
             return {"source": info["source"], "error": info["error"]}
+        failed = next((output["error"] for output in model_outputs if output.get("error")), None)
+        if failed is not None:
+            return {"source": info["source"], "error": failed}
         faces = []
         for output in (output for output in model_outputs if output["has_face"]):
             score = output["score"]

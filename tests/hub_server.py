@@ -8,6 +8,8 @@ It implements what `huggingface_hub` (2.x) and transformers call to push and pul
   the client as well);
 - `POST /api/models/{repo}/commit/{rev}`: the NDJSON commit (`header`, `file`, `deletedFile`, `deletedFolder`
   lines), applied atomically; `fail_next_commits(n)` makes the next n commits fail with a 500 and change nothing;
+- Spaces (`POST /api/repos/create` with `type: space`, preupload and commit under `/api/spaces/`), stored as
+  `spaces/{repo}`;
 - `POST /api/models/{repo}/branch/{branch}`;
 - `GET /api/models/{repo}[/revision/{rev}]` (model info with `siblings` and `sha`),
   `GET /api/models/{repo}/tree/{rev}[/{path}]`, `POST /api/models/{repo}/paths-info/{rev}`;
@@ -182,12 +184,16 @@ class LocalHub:
     def create_repo(self, request) -> tuple[int, dict]:
         self.require_auth(request)
         body = request.json()
-        if body.get("type", "model") != "model":
-            raise HubError(400, "Only model repos are served here")
+        repo_type = body.get("type", "model")
+        if repo_type not in ("model", "space"):
+            raise HubError(400, "Only model repos and Spaces are served here")
+        if repo_type == "space" and not body.get("sdk"):
+            raise HubError(400, "A Space needs an sdk")
         name, namespace = body.get("name"), body.get("organization") or self.user
         if not (isinstance(name, str) and re.fullmatch(REPO_PART, name) and re.fullmatch(REPO_PART, namespace)):
             raise HubError(400, f"Invalid repo name {name!r}")
-        repo_id = f"{namespace}/{name}"
+        # Spaces live under "spaces/USER/NAME", apart from models of the same name.
+        repo_id = f"{namespace}/{name}" if repo_type == "model" else f"spaces/{namespace}/{name}"
         url = f"{request.base_url}/{repo_id}"
         with self._lock:
             if repo_id in self.repos:
@@ -375,8 +381,8 @@ _ROUTES = [
     ("GET", r"/api/whoami-v2", "whoami"),
     ("POST", r"/api/repos/create", "create_repo"),
     ("POST", r"/api/validate-yaml", "validate_yaml"),
-    ("POST", rf"/api/models/{_REPO}/preupload/{_REV}", "preupload"),
-    ("POST", rf"/api/models/{_REPO}/commit/{_REV}", "commit"),
+    ("POST", rf"/api/(?P<kind>models|spaces)/{_REPO}/preupload/{_REV}", "preupload"),
+    ("POST", rf"/api/(?P<kind>models|spaces)/{_REPO}/commit/{_REV}", "commit"),
     ("POST", rf"/api/models/{_REPO}/branch/{_REV}", "create_branch"),
     ("GET", rf"/api/models/{_REPO}/revision/{_REV}", "model_info"),
     ("GET", rf"/api/models/{_REPO}", "model_info"),
@@ -455,6 +461,8 @@ class _Handler(BaseHTTPRequestHandler):
             if method != request.method or not match:
                 continue
             groups = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
+            if groups.pop("kind", "models") == "spaces":
+                groups["repo"] = f"spaces/{groups['repo']}"
             if name == "validate_yaml":
                 return 200, {"Content-Type": "application/json"}, b'{"errors": [], "warnings": []}'
             if name == "resolve":

@@ -152,7 +152,7 @@ def test_batch_size_counts_faces_per_forward_pass(model_dir, photos):
     results = []
     predict_stream(face_pipeline, inputs, lambda item: results.append(item.result), tasks=["age_morph2"],
                    detector=three_faces, batch_size=4, images_in_flight=2, workers=2)  # fmt: skip
-    assert [len(result["faces"]) for result in results] == [3, 3, 3]
+    assert [len(result.get("faces", ())) for result in results] == [3, 3, 3], results
     assert max(sizes) == 4 and sum(sizes) == 9  # nine faces, at most four per forward pass
 
 
@@ -163,11 +163,12 @@ def test_cli_streams_the_same_results_as_the_pipeline(model_dir, photos, tmp_pat
                  "--visualize", str(tmp_path / "pictures"), "--quiet"]  # fmt: skip
     status, out, err = run_cli(arguments, capsys)
     assert status == 1 and out == ""
-    errors = err.splitlines()
-    # One line per bad input, in input order: photos without a face (still written out) and unreadable files.
+    # One line per unreadable input, in input order; photos without a face are results, counted in one line.
+    *errors, summary = err.splitlines()
     assert all(line.startswith("faceptor: error:") for line in errors), err
-    assert [line.split("/")[-1] for line in errors] == ["b_chelsea.png: no face found", "gone.jpg: no such file",
-        "d_broken.jpg: not an image file (or a format Pillow cannot read)", "e_coffee.jpg: no face found"]  # fmt: skip
+    assert [line.split("/")[-1] for line in errors] == ["gone.jpg: no such file",
+        "d_broken.jpg: not an image file (or a format Pillow cannot read)"]  # fmt: skip
+    assert summary == "faceptor: 2 of 7 images had no face"
     lines = [json.loads(line) for line in target.read_text().splitlines()]
     good = [path for path in photos if "gone" not in path and "broken" not in path]
     assert [line["source"] for line in lines] == good
@@ -200,13 +201,14 @@ def _flat(value, prefix=""):
 
 def test_parts_merge_in_input_order_and_count_bad_inputs(tmp_path):
     output = str(tmp_path / "out.jsonl")
-    results = [{"source": "0"}, {"source": "1", "error": "x"}, {"source": "2", "warning": "no face found"},
-               {"source": "3"}, {"source": "4"}]  # fmt: skip
+    face = {"box": [0, 0, 1, 1]}
+    results = [{"source": "0", "faces": [face]}, {"source": "1", "error": "x"}, {"source": "2", "faces": []},
+               {"source": "3", "faces": [face]}, {"source": "4", "faces": [face]}]  # fmt: skip
     for rank in range(2):
         with open(part_path(output, rank, 2), "w") as part:
             for index, _ in shard([result["source"] for result in results], rank, 2):
                 write_part_line(part, index, results[index], json.dumps(results[index]) + "\n")
-    assert merge_parts(output, 2) == 2
+    assert merge_parts(output, 2) == {"ok": 3, "error": 1, "no_face": 1}
     assert [json.loads(line)["source"] for line in open(output)] == ["0", "2", "3", "4"]  # errors not written
     assert sorted(os.listdir(tmp_path)) == ["out.jsonl"]  # parts removed
 
@@ -228,7 +230,8 @@ def test_two_processes_under_accelerate_give_the_single_process_output(model_dir
     # The main process reports the inputs of both: a bad file in either process's shard fails the run.
     assert sharded.returncode != 0
     errors = [line for line in sharded.stderr.splitlines() if line.startswith("faceptor: error:")]
-    assert len(errors) == 4, sharded.stderr[-3000:]  # two without a face, two unreadable
+    assert len(errors) == 2, sharded.stderr[-3000:]  # two unreadable
+    assert "faceptor: 2 of 7 images had no face" in sharded.stderr.splitlines()
     one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
     assert [line["source"] for line in two] == [line["source"] for line in one]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from .compare_params import add_compare_params_command, add_summary_command
 from .convert import add_convert_command
 from .convert_naive import add_convert_naive_command
+from .demo import add_demo_command
 from .errors import run_handler
 from .evaluate import add_evaluate_command
 from .export import add_export_command
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_naive_command(convert_sources)  # faceptor convert official-naive CKPT OUT_DIR
     add_compare_params_command(commands)  # faceptor compare-params [PRESET | TASK ...]
     add_predict_command(commands)  # faceptor predict IMAGE ...
+    add_demo_command(commands)  # faceptor demo [--model DIR_OR_REPO] [--port N] [--share]
     add_export_command(commands)  # faceptor export onnx MODEL_DIR OUT.onnx
     add_push_command(commands)  # faceptor push MODEL_DIR REPO
     add_evaluate_command(commands)  # faceptor evaluate --model DIR --task NAME --data ROOT

@@ -5,7 +5,6 @@ number of images; under `accelerate launch` the inputs are sharded over the proc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -14,39 +13,66 @@ from typing import IO, Any
 import torch
 
 from ..demo_model import announce_demo_model, demo_model_path
-from ..processing.visualization import draw_result
-from .errors import CommandError, run_handler
+from ..processing.image_loading import image_suffixes
+from ..processing.visualization import draw_result, save_picture
+from ..video.reading import VIDEO_SUFFIXES
+from .compiled_inference import default_compile_mode, install_fixed_shape_forward
+from .errors import CommandError, error_summary, run_handler
+from .model_loading import load_model_folder
+from .predict_outputs import (
+    InputFiles,
+    OutputLock,
+    check_output,
+    check_pictures,
+    make_picture_folder,
+    picture_paths,
+    temporary_path,
+)
+from .predict_video import check_video_outputs, positive_rate, predict_videos, split_videos, wants_annotated_video
+from .result_json import json_line
 from .sharding import (
+    ERROR,
+    NO_FACE,
     close_process_group,
     distributed_state,
     merge_parts,
     part_path,
     result_status,
     shard,
+    share_from_main,
     write_part_line,
 )
 from .streaming import BoundedPictureSaver, Item, OrderedWriter, Throughput, decode_ahead, make_decoder
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
+EXIT_CODES = """exit status:
+  0  every input was processed (images without a face included: their record has "faces": [])
+  1  some inputs could not be used (unreadable, corrupt, too large, a failed crop or picture): one line each on
+     standard error, no record in the output; the results of the others are all written
+  2  usage error, nothing processed: bad arguments, an unusable --model, --device or --output, an --output or
+     --visualize that would overwrite an input, an --output another run is writing (OUTPUT.lock)
+
+Images without a face are counted in one line on standard error. The output is always valid JSON lines: a value
+holding NaN or infinity is written as null and its key named in the face's "non_finite" list."""
 
 
-def expand_inputs(paths: Sequence[str]) -> list[str]:
-    """Files as given, folders expanded to their image files (sorted); missing paths are kept so that they
-    are reported as bad inputs, not skipped."""
-    expanded = []
+def expand_inputs(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """Files as given, folders expanded to their image files (sorted; every extension Pillow can decode), each with
+    its name relative to what was given (a file's own name; a folder's file's path inside it); missing paths are
+    kept so that they are reported as bad inputs, not skipped."""
+    expanded, suffixes = [], image_suffixes() | VIDEO_SUFFIXES  # a folder may mix photos and videos
     for path in paths:
         if os.path.isdir(path):
             found = sorted(
                 os.path.join(root, name)
                 for root, _, names in os.walk(path)
                 for name in names
-                if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+                if os.path.splitext(name)[1].lower() in suffixes
             )
             if not found:
-                raise CommandError(f"{path}: folder has no image files")
-            expanded += found
+                raise CommandError(f"{path}: folder has no image or video files")
+            expanded += [(found_path, os.path.relpath(found_path, path)) for found_path in found]
         else:
-            expanded.append(path)
+            expanded.append((path, os.path.basename(path)))
     return expanded
 
 
@@ -56,47 +82,69 @@ def load_pipeline(model: str, device: str | None, dtype: str = "float32"):
     if not os.path.isdir(model):
         raise CommandError(f"{model}: no such model folder")
     try:
-        return pipeline("face-perception", model=model, device=device, dtype=getattr(torch, dtype))
+        loaded = load_model_folder(model, dtype=getattr(torch, dtype))  # one line for a broken folder
+        return pipeline("face-perception", model=loaded, image_processor=model, device=device)
     except (OSError, ValueError, KeyError) as error:
         raise CommandError(f"{model}: cannot load a Faceptor model ({str(error).splitlines()[0]})") from None
 
 
 class ResultSink:
     """The writing end, run on the writer thread in input order: one JSON line per usable result (or an indexed
-    part-file line when sharded), one stderr line per bad input, a picture on request, the progress bar."""
+    part-file line when sharded), one stderr line per unusable input, a picture on request (`pictures`: its path
+    per input index), the progress bar; it counts what the closing summary reports."""
 
-    def __init__(self, output: IO[str], progress, visualize: str | None = None, sharded: bool = False,
+    def __init__(self, output: IO[str], progress, pictures: Sequence[str] | None = None, sharded: bool = False,
                  picture_workers: int = 2, pictures_pending: int = 8):  # fmt: skip
-        self.output, self.progress, self.visualize, self.sharded = output, progress, visualize, sharded
-        self.pictures = BoundedPictureSaver(picture_workers, pictures_pending) if visualize else None
-        self.throughput, self.bad = Throughput(), 0
+        self.output, self.progress, self.pictures, self.sharded = output, progress, pictures, sharded
+        self.saver = None
+        if pictures is not None:
+            self.saver = BoundedPictureSaver(picture_workers, pictures_pending, done=self._picture_saved)
+        self.throughput = Throughput()
+        self.errors = self.no_face = self.non_finite = self.failed_pictures = 0
 
     def __call__(self, item: Item) -> None:
         result = item.result
         status = result_status(result)
-        if status != "ok":
-            self.bad += 1
-            message = result.get("error") or f"{item.path}: {result['warning']}"
-            self.progress.write(f"faceptor: error: {message}", file=sys.stderr)
-        line = json.dumps(result) + "\n"
-        if self.sharded:
-            write_part_line(self.output, item.index, result, line)  # errors too: the merge counts them
-        elif status != "error":
-            self.output.write(line)
-        if self.pictures is not None and status != "error":
-            stem = os.path.splitext(os.path.basename(item.path))[0]
-            self.pictures.submit(_save_picture, item.image, result, os.path.join(self.visualize, f"{stem}.jpg"))
+        if status == ERROR:
+            self.errors += 1
+            self._report(result["error"])
+        self.no_face += status == NO_FACE  # a result, not an error: counted for the summary line
+        line, flagged = json_line(result)
+        self.non_finite += flagged
+        try:
+            if self.sharded:
+                write_part_line(self.output, item.index, result, line)  # errors too: the merge counts them
+            elif status != ERROR:
+                self.output.write(line)
+        except OSError as error:
+            raise CommandError(f"cannot write the output ({error.strerror or error})") from None
+        if self.saver is not None and status != ERROR:
+            self.saver.submit(_save_picture, item.image, result, self.pictures[item.index])
         self.throughput.add(result)
         self.progress.set_postfix_str(f"{self.throughput.faces_per_second():.2f} faces/s", refresh=False)
         self.progress.update(1)
 
+    def _report(self, message: str) -> None:
+        self.progress.write(f"faceptor: error: {message}", file=sys.stderr)
+
+    def _picture_saved(self, problem: str | None) -> None:
+        if problem is not None:
+            self.errors += 1
+            self.failed_pictures += 1
+            self._report(problem)
+
     def close(self) -> None:
-        if self.pictures is not None:
-            self.pictures.close()
+        if self.saver is not None:
+            self.saver.close()
 
 
-def _save_picture(image, result: dict[str, Any], path: str) -> None:
-    draw_result(image, result).save(path)
+def _save_picture(image, result: dict[str, Any], path: str) -> str | None:
+    """Draws and saves one picture; None, or the line that says why it could not be."""
+    try:
+        save_picture(draw_result(image, result), path)
+    except Exception as error:  # disk full, a result that cannot be drawn: this picture's failure, not the run's
+        return f"{result['source']}: cannot write the picture {path} ({type(error).__name__}: {error})"
+    return None
 
 
 def predict_stream(
@@ -129,10 +177,7 @@ def predict_stream(
     def run(chunk: list[Item]) -> None:
         good = [item for item in chunk if item.result is None]
         if good:
-            images = [
-                item.image if item.detections is None else {"image": item.image, "detections": item.detections}
-                for item in good
-            ]
+            images = [{"image": item.image, "detections": item.detections, "source": item.path} for item in good]
             results = face_pipeline(images, tasks=tasks, detector=detector, batch_size=batch_size)
             for item, result in zip(good, results, strict=True):
                 item.result = {**result, "source": item.path}  # the path, not "array (H, W, 3)"
@@ -154,15 +199,98 @@ def predict_stream(
         writer.close()
 
 
-def command_predict(args: argparse.Namespace) -> int:
+def check_device(device: str | None) -> None:
+    """Refuses, in one line, a `--device` that this machine does not have (e.g. cuda without a GPU)."""
+    if device is None:
+        return
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as error:  # torch's words for "no such device here"
+        raise CommandError(f"--device {device}: not usable here ({error_summary(error)})") from None
+
+
+def claim_outputs(args: argparse.Namespace, images: Sequence[str], pictures: Sequence[str] | None) -> OutputLock | None:
+    """Checks, before any work, that nothing written would replace an input and that the output is writable, and
+    takes the output's lock (held until the run ends); a `CommandError` says what is wrong."""
+    files = InputFiles(images)
+    if args.output:
+        check_output(args.output, files)
+    if pictures is not None:
+        check_pictures(args.visualize, pictures, files, args.output)
+    lock = OutputLock(args.output) if args.output else None
+    if lock is not None:
+        lock.acquire()
+    if pictures is not None:
+        try:
+            make_picture_folder(args.visualize)
+        except CommandError:
+            if lock is not None:
+                lock.release()
+            raise
+    return lock
+
+
+def _report_error(message: str) -> None:
     from tqdm.auto import tqdm
 
-    images = expand_inputs(args.images)
+    tqdm.write(f"faceptor: error: {message}", file=sys.stderr)  # above any progress bar
+
+
+def _summarise(no_face: int, total: int, non_finite: int) -> None:
+    """The closing lines on standard error: how many images had no face, how many faces had non-finite values."""
+    if no_face:
+        print(f"faceptor: {no_face} of {total} image{'s' * (total != 1)} had no face", file=sys.stderr)
+    if non_finite:
+        faces = "1 face" if non_finite == 1 else f"{non_finite} faces"
+        print(f'faceptor: {faces} had NaN or infinite values, written as null (see "non_finite")', file=sys.stderr)
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    named, videos = split_videos(expand_inputs(args.images))
+    images = [path for path, _ in named]
     state = distributed_state()  # None unless launched as several processes
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     is_main = state is None or state.is_main_process
     if world > 1 and not args.output:
         raise CommandError("--output is needed when running as several processes (each writes a part of it)")
+    if videos and world > 1:
+        raise CommandError("videos are not sharded over processes; run them without accelerate launch")
+    check_video_outputs(args.visualize, images, [path for path, _ in videos])
+    annotated_video = wants_annotated_video(args.visualize)
+    pictures = picture_paths(named, args.visualize) if args.visualize and not annotated_video else None
+    # Checked by the main process alone, which holds the output's lock for the whole run; the others follow it.
+    lock, problem = None, None
+    if is_main:
+        try:
+            lock = claim_outputs(args, images + [path for path, _ in videos], pictures)
+        except CommandError as error:
+            problem = str(error)
+    if world > 1:
+        problem = share_from_main(state, problem)
+    if problem is not None:
+        if world > 1:
+            close_process_group()
+        if is_main:
+            raise CommandError(problem)
+        return 2
+    try:
+        return _predict(args, images, pictures, state, videos)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _predict(
+    args: argparse.Namespace,
+    images: list[str],
+    pictures: list[str] | None,
+    state: Any,
+    videos: Sequence[tuple[str, str]] = (),
+) -> int:
+    from tqdm.auto import tqdm
+
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    is_main = state is None or state.is_main_process
     if not is_main:
         from transformers.utils import logging as transformers_logging
 
@@ -170,6 +298,7 @@ def command_predict(args: argparse.Namespace) -> int:
     device = args.device
     if device is None and state is not None and state.device.type != "cpu":
         device = str(state.device)  # one accelerator per process, as accelerate assigned it
+    check_device(device)
     model = args.model
     if model is None:
         try:
@@ -179,9 +308,11 @@ def command_predict(args: argparse.Namespace) -> int:
         if is_main:
             announce_demo_model()
     face_pipeline = load_pipeline(model, device, args.dtype)
-    if args.compile:
-        # In place (Module.compile), so the weights keep their names; each new crop size compiles once.
-        face_pipeline.model.encoder.compile()
+    if args.compile if args.compile is not None else face_pipeline.device.type == "cuda":
+        # Batches padded to --batch-size faces: one compiled graph per crop size (with CUDA graphs on CUDA).
+        install_fixed_shape_forward(face_pipeline.model, args.batch_size, default_compile_mode(face_pipeline.device),
+                                    announce=None if args.quiet else lambda line: print(f"faceptor: {line}",
+                                                                                        file=sys.stderr))  # fmt: skip
     if args.tasks:
         try:
             face_pipeline([], tasks=args.tasks)  # an unknown task name fails here, before any image is read
@@ -191,52 +322,71 @@ def command_predict(args: argparse.Namespace) -> int:
         decoder = make_decoder(args.decode, device)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    if args.visualize:
-        os.makedirs(args.visualize, exist_ok=True)
     mine = shard(images, rank, world)
     # Written under a temporary name and renamed when complete: a run that dies leaves any earlier output whole.
     final = (part_path(args.output, rank, world) if world > 1 else args.output) if args.output else None
-    target = f"{final}.tmp" if final else None
-    output = open(target, "w", encoding="utf-8") if target else sys.stdout
+    target = temporary_path(final) if final else None
+    output = open(target, "x", encoding="utf-8") if target else sys.stdout
     description = "faceptor" if world == 1 else f"faceptor (process 0 of {world})"
     try:
-        with tqdm(total=len(mine), unit="image", desc=description, disable=args.quiet or not is_main) as progress:
-            sink = ResultSink(output, progress, args.visualize, sharded=world > 1, picture_workers=args.workers)
+        with tqdm(total=len(mine), unit="image", desc=description,
+                  disable=args.quiet or not is_main or not mine) as progress:  # fmt: skip
+            sink = ResultSink(output, progress, pictures, sharded=world > 1, picture_workers=args.workers)
             try:
                 predict_stream(face_pipeline, mine, sink, tasks=args.tasks, detector=None if args.no_detector
                                else "auto", batch_size=args.batch_size, images_in_flight=args.images_in_flight,
-                               workers=args.workers, decoder=decoder, keep_images=bool(args.visualize))  # fmt: skip
+                               workers=args.workers, decoder=decoder, keep_images=pictures is not None)  # fmt: skip
             finally:
                 sink.close()
+        video_errors, video_non_finite = predict_videos(face_pipeline, videos, output, args, report=_report_error,
+                                                        detector=None if args.no_detector else "auto")  # fmt: skip
+        if output is not sys.stdout:
+            output.close()
+            os.replace(target, final)
     finally:
         if output is not sys.stdout:
             output.close()
-    if final:
-        os.replace(target, final)
+            if os.path.exists(target):
+                os.remove(target)  # an interrupted run: its partial output goes, any earlier output stays
     if world == 1:
-        return 1 if sink.bad else 0
+        _summarise(sink.no_face, len(images), sink.non_finite + video_non_finite)
+        return 1 if sink.errors or video_errors else 0
     state.wait_for_everyone()
     try:
         if not is_main:
-            return 0  # the main process reports the status of all inputs
+            _summarise(0, 0, sink.non_finite)
+            return 1 if sink.failed_pictures else 0  # the main process reports the status of all inputs
         try:
-            return 1 if merge_parts(args.output, world) else 0
+            statuses = merge_parts(args.output, world, temporary_path(args.output))
         except FileNotFoundError as error:
             raise CommandError(str(error)) from None
+        _summarise(statuses[NO_FACE], len(images), sink.non_finite)
+        return 1 if statuses[ERROR] or sink.failed_pictures else 0
     finally:
         close_process_group()  # also keeps the others alive until the merge is done
 
 
 def add_predict_command(subparsers) -> argparse.ArgumentParser:
-    """Adds `faceptor predict IMAGE ... [--model DIR]` to the CLI's subcommands."""
-    predict = subparsers.add_parser("predict", help="run every task on images; JSON lines out")
-    predict.add_argument("images", nargs="+", help="image files or folders")
+    """Adds `faceptor predict IMAGE ... [--model DIR]` to the CLI's subcommands; its usage errors are one line."""
+    predict = subparsers.add_parser("predict", help="run every task on images; JSON lines out",
+                                    description="Every task of a Faceptor model on images: JSON lines out, one per "
+                                    "image, in input order.", epilog=EXIT_CODES,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    predict.add_argument("images", nargs="+", help="image or video files, or folders of them")
     predict.add_argument("--model", help="Faceptor model folder (default: the bundled demo model)")
     predict.add_argument("--tasks", nargs="+", help="task names (default: all the model's tasks)")
-    predict.add_argument("--output", help="write JSON lines here instead of standard output")
-    predict.add_argument("--visualize", metavar="OUT_DIR", help="write a picture of each result here")
+    predict.add_argument("--output", help="write JSON lines here instead of standard output (never over an input; "
+                         "one run at a time, through OUTPUT.lock)")  # fmt: skip
+    predict.add_argument("--visualize", metavar="OUT_DIR", help="write a picture of each result here (a video's: "
+                         "NAME/frame_NNNNNN.jpg; or name one video's annotated OUT.mp4), named by the "
+                         "input's path inside what was given (never over an input)")  # fmt: skip
     predict.add_argument("--no-detector", action="store_true", help="take each image as one face crop")
-    predict.add_argument("--batch-size", type=int, default=8, help="faces per forward pass of the model")
+    sampling = predict.add_mutually_exclusive_group()
+    sampling.add_argument("--every", type=_positive, metavar="N", help="videos: every N-th frame (default: all)")
+    sampling.add_argument("--fps", type=positive_rate, metavar="F", help="videos: about F frames a second")
+    predict.add_argument("--smooth", action="store_true",
+                         help="videos: One-Euro smoothing of each face track's box and landmarks")  # fmt: skip
+    predict.add_argument("--batch-size", type=_positive, default=8, help="faces per forward pass of the model")
     predict.add_argument("--images-in-flight", type=_positive, default=16, metavar="N",
                          help="decoded images held ahead of the model (bounds memory; default 16)")  # fmt: skip
     predict.add_argument("--workers", type=_positive, default=min(4, os.cpu_count() or 1),
@@ -246,15 +396,20 @@ def add_predict_command(subparsers) -> argparse.ArgumentParser:
     predict.add_argument("--device", help="torch device, e.g. cuda:0 (default: CPU)")
     predict.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                          help="weights and activations; bfloat16 is faster on recent CPUs and GPUs")  # fmt: skip
-    predict.add_argument("--compile", action="store_true",
-                         help="torch.compile the encoder: slow first batch, then faster")  # fmt: skip
+    predict.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                         help="torch.compile the model at fixed batch shapes: slow first batch per crop size, then "
+                              "faster (default: on for a CUDA --device)")  # fmt: skip
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=command_predict)
+    predict.error = lambda message: predict.exit(2, f"{predict.prog}: error: {message} (see --help)\n")  # one line
     return predict
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value

@@ -17,9 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError
-from transformers import AutoModel
+from huggingface_hub import HfApi, constants
 from transformers.dynamic_module_utils import custom_object_save
 
 from ..modeling_faceptor import FaceptorModel
@@ -27,6 +25,9 @@ from ..processing.image_processing_faceptor import FaceptorImageProcessor
 from ..processing.pipeline_faceptor import FacePerceptionPipeline
 from .cards import PAPER_RESULTS, render_model_card
 from .errors import CommandError
+from .hub_client import HUB_NETWORK_ERROR, describe_hub_failure, hub_timeout
+from .model_loading import load_model_folder, no_progress_bars
+from .space import add_space_option, push_space_of_command
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ REMOTE_CODE_MODULES = (
     "processing.image_processing_faceptor",
     "processing.mask_encoding",
     "processing.pipeline_faceptor",
+    "processing.resampling",
 )
 PACKAGE = __package__.rpartition(".")[0]  # "faceptor"
 # Weight files of an earlier push that a new push replaces (a sharded model becoming unsharded and vice versa).
@@ -147,22 +149,25 @@ def upload_model_folder(
     commit_description: str | None = None,
     revision: str | None = None,
     create_pr: bool = False,
+    timeout: float | None = None,
 ):
     """Uploads a folder written by [`write_model_folder`] to `repo_id` (created if needed) in one commit, which
-    also deletes the weight files of an earlier push that this one does not have. Returns the commit info."""
+    also deletes the weight files of an earlier push that this one does not have; `timeout` seconds per request
+    (default `HF_HUB_DOWNLOAD_TIMEOUT`). Returns the commit info."""
     api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if revision is not None and not revision.startswith("refs/pr"):
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
-        commit_description=commit_description,
-        revision=revision,
-        create_pr=create_pr,
-        delete_patterns=STALE_WEIGHT_PATTERNS,
-    )
+    with hub_timeout(timeout):
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision is not None and not revision.startswith("refs/pr"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+            commit_description=commit_description,
+            revision=revision,
+            create_pr=create_pr,
+            delete_patterns=STALE_WEIGHT_PATTERNS,
+        )
     logger.info("Pushed %s to %s (%s).", folder, repo_id, info.oid)
     return info
 
@@ -182,20 +187,23 @@ def push_model(
     image_processor: FaceptorImageProcessor | None = None,
     paper_results: str | None = None,
     datasets: list[str] | None = None,
+    timeout: float | None = None,
 ):
     """`model.push_to_hub(repo_id)`: writes the complete repo ([`write_model_folder`]) into a temporary folder,
-    then uploads it in one commit. A failed upload changes nothing locally and can simply be retried."""
+    then uploads it in one commit (`timeout` seconds per request). A failed upload changes nothing locally and
+    can simply be retried."""
     with tempfile.TemporaryDirectory(prefix="faceptor-push-") as folder:
-        write_model_folder(
-            model,
-            folder,
-            image_processor=image_processor,
-            repo_id=repo_id,
-            paper_results=paper_results,
-            tags=tags,
-            datasets=datasets,
-            max_shard_size=max_shard_size,
-        )
+        with no_progress_bars():  # a local write of seconds; the upload keeps its bar
+            write_model_folder(
+                model,
+                folder,
+                image_processor=image_processor,
+                repo_id=repo_id,
+                paper_results=paper_results,
+                tags=tags,
+                datasets=datasets,
+                max_shard_size=max_shard_size,
+            )
         return upload_model_folder(
             folder,
             repo_id,
@@ -205,6 +213,7 @@ def push_model(
             commit_description=commit_description,
             revision=revision,
             create_pr=create_pr,
+            timeout=timeout,
         )
 
 
@@ -217,16 +226,15 @@ def push_model_folder(
     paper_results: str | None = None,
     revision: str | None = None,
     create_pr: bool = False,
+    timeout: float | None = None,
 ):
     """`faceptor push MODEL_DIR REPO`: loads the model folder (a `save_pretrained` folder, with or without an
     image processor) and pushes it with [`push_model`]: config, safetensors, remote code, image processor,
     pipeline code and card, in one commit. `model_dir` is only read, never written; training files in it
     (`training_state.safetensors`, `training_args.bin`, `task_query_sets/`) are not uploaded. Returns the
-    commit info."""
+    commit info. A folder that does not load (see [`load_model_folder`]) is a `CommandError`."""
     model_dir = os.fspath(model_dir)
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise ValueError(f"{model_dir}: not a model folder (no config.json)")
-    model = AutoModel.from_pretrained(model_dir, dtype="auto").eval()  # Faceptor or Naive Faceptor
+    model = load_model_folder(model_dir, dtype="auto")  # Faceptor or Naive Faceptor
     image_processor = None
     if os.path.isfile(os.path.join(model_dir, "preprocessor_config.json")):
         image_processor = FaceptorImageProcessor.from_pretrained(model_dir)
@@ -240,6 +248,7 @@ def push_model_folder(
         create_pr=create_pr,
         image_processor=image_processor,
         paper_results=paper_results,
+        timeout=timeout,
     )
 
 
@@ -247,8 +256,9 @@ def push_model_folder(
 
 
 def command_push(args: argparse.Namespace) -> None:
-    if not os.path.isdir(args.model_dir):
-        raise CommandError(f"{args.model_dir}: no such model folder")
+    if args.timeout is not None and not args.timeout > 0:
+        raise CommandError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    timeout = args.timeout or constants.HF_HUB_DOWNLOAD_TIMEOUT
     try:
         info = push_model_folder(
             args.model_dir,
@@ -258,10 +268,12 @@ def command_push(args: argparse.Namespace) -> None:
             commit_message=args.commit_message,
             paper_results=args.paper_results,
             revision=args.revision,
+            timeout=timeout,
         )
-    except (ValueError, OSError, HfHubHTTPError) as error:
-        raise CommandError(f"push to {args.repo_id} failed: {str(error).splitlines()[0]}") from None
+    except (ValueError, OSError, HUB_NETWORK_ERROR) as error:
+        raise CommandError(f"push to {args.repo_id} failed: {describe_hub_failure(error, timeout)}") from None
     print(f"pushed {args.model_dir} to {args.repo_id}: {info.commit_url}")
+    push_space_of_command(args)  # --space USER/NAME: the demo Space of the pushed repo
 
 
 def add_push_command(subparsers) -> argparse.ArgumentParser:
@@ -278,10 +290,16 @@ def add_push_command(subparsers) -> argparse.ArgumentParser:
     push.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="commit message")
     push.add_argument("--revision", help="branch to push to (default: main)")
     push.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds to wait for the Hub to connect or answer each request (default: HF_HUB_DOWNLOAD_TIMEOUT, 10)",
+    )
+    push.add_argument(
         "--paper-results",
         choices=sorted(PAPER_RESULTS),
         help="the weights are the authors' checkpoint of this model: put the paper's numbers in the card",
     )
+    add_space_option(push)
     push.set_defaults(handler=command_push)
     return push
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import heapq
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 # A part file's line: "<input index>\t<status>\t<JSON result>"; json.dumps escapes tabs and newlines.
-OK, WARNING, ERROR = "ok", "warning", "error"
+OK, NO_FACE, ERROR = "ok", "no_face", "error"
 
 
 def distributed_state() -> Any | None:
@@ -47,7 +48,20 @@ def part_path(output: str, rank: int, world: int) -> str:
 
 
 def result_status(result: dict[str, Any]) -> str:
-    return ERROR if "error" in result else WARNING if "warning" in result else OK
+    """ERROR for an input that gave no result (unreadable, or failed), NO_FACE for a result without faces (a
+    correct answer, not an error), else OK."""
+    return ERROR if "error" in result else NO_FACE if not result.get("faces") else OK
+
+
+def share_from_main(state: Any, value: Any) -> Any:
+    """The main process's `value`, in every process of `state`'s group (e.g. why it refused to start)."""
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    shared = [value if state.is_main_process else None]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def write_part_line(part: IO[str], index: int, result: dict[str, Any], line: str) -> None:
@@ -61,21 +75,25 @@ def _read_part(path: str) -> Iterator[tuple[int, str, str]]:
             yield int(index), status, text
 
 
-def merge_parts(output: str, world: int) -> int:
+def merge_parts(output: str, world: int, temporary: str | None = None) -> Counter:
     """Merges the `world` part files of `output` into `output` in input order (streaming: one line of each part
-    held at a time), through a temporary file renamed at the end, and removes the parts. Returns the number of
-    inputs that gave an error or a warning; error results are counted but, as in one process, not written."""
+    held at a time), through `temporary` (default `output`.merging) renamed at the end, and removes the parts.
+    Returns how many inputs gave each status; error results are counted but, as in one process, not written."""
     parts = [part_path(output, rank, world) for rank in range(world)]
     missing = [path for path in parts if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"part files missing (a process failed?): {missing}")
-    temporary, bad = f"{output}.merging", 0
-    with open(temporary, "w", encoding="utf-8") as merged:
-        for _, status, text in heapq.merge(*map(_read_part, parts), key=lambda entry: entry[0]):
-            bad += status != OK
-            if status != ERROR:
-                merged.write(text)
-    os.replace(temporary, output)
+    temporary, statuses = temporary or f"{output}.merging", Counter()
+    try:
+        with open(temporary, "w", encoding="utf-8") as merged:
+            for _, status, text in heapq.merge(*map(_read_part, parts), key=lambda entry: entry[0]):
+                statuses[status] += 1
+                if status != ERROR:
+                    merged.write(text)
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
     for path in parts:
         os.remove(path)
-    return bad
+    return statuses

@@ -75,6 +75,9 @@ def _decode_item(
         item = Item(index, path, image=decoder(path))
     except ImageLoadError as error:
         return Item(index, path, result={"source": path, "error": str(error)})
+    except Exception as error:  # anything else on this file's bytes (out of memory, a decoder's bug) is its error
+        message = f"{path}: cannot decode ({type(error).__name__}: {str(error).strip()[:200]})"
+        return Item(index, path, result={"source": path, "error": message})
     if detect is not None:
         try:
             item.detections = detect(item.image)
@@ -155,23 +158,25 @@ class OrderedWriter:
 
 
 class BoundedPictureSaver:
-    """Draws and saves pictures on `workers` threads, at most `capacity` waiting; `close` waits for them all
+    """Draws and saves pictures on `workers` threads, at most `capacity` waiting; each task's return value is
+    handed to `done` (on the thread calling `submit` or `close`, in submission order); `close` waits for them all
     and raises the first error."""
 
-    def __init__(self, workers: int, capacity: int):
+    def __init__(self, workers: int, capacity: int, done: Callable[[Any], None] | None = None):
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="faceptor-picture")
         self._pending: deque[Future] = deque()
         self._capacity = max(1, capacity)
+        self._done = done or (lambda value: None)
 
     def submit(self, function: Callable[..., Any], *args: Any) -> None:
         while len(self._pending) >= self._capacity:
-            self._pending.popleft().result()  # back-pressure, and an error surfaces here
+            self._done(self._pending.popleft().result())  # back-pressure, and an error surfaces here
         self._pending.append(self._pool.submit(function, *args))
 
     def close(self) -> None:
         try:
             while self._pending:
-                self._pending.popleft().result()
+                self._done(self._pending.popleft().result())
         finally:
             self._pool.shutdown(cancel_futures=True)
 
