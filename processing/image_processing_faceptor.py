@@ -42,6 +42,8 @@ HALF = (0.5, 0.5, 0.5)
 # Which crop group feeds each task category.
 CATEGORY_GROUP = {"dense": "dense", "attribute": "face", "identity": "face"}
 GROUPS = ("dense", "face", "parsing")
+# A face box at most this many times the image's longer side: a crop's resize weights grow with its window.
+MAX_BOX_TO_IMAGE = 8
 # Elements of one band of upsampled parsing logits: bounds the memory of a huge face's label map.
 PARSING_BAND_ELEMENTS = 2**24
 
@@ -148,6 +150,11 @@ class FaceptorImageProcessor(TorchvisionBackend):
                 if box[0] >= width or box[1] >= height or box[2] <= 0 or box[3] <= 0:
                     raise ValueError(
                         f"Face box {box} of image {index} lies wholly outside the image ({width}x{height} px)."
+                    )
+                if max(box[2] - box[0], box[3] - box[1]) > MAX_BOX_TO_IMAGE * max(width, height):
+                    raise ValueError(
+                        f"Face box {box} of image {index} is more than {MAX_BOX_TO_IMAGE} times the image's size "
+                        f"({width}x{height} px): not a face in it."
                     )
                 face_boxes.append(box)
                 whole_image.append(whole)
