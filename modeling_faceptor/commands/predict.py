@@ -19,6 +19,7 @@ from ..video.reading import VIDEO_SUFFIXES
 from .compiled_inference import default_compile_mode, install_fixed_shape_forward
 from .errors import CommandError, error_summary, run_handler
 from .model_loading import load_model_folder
+from .parquet_output import OUTPUT_FORMATS, check_output_format, open_records_output, write_record
 from .predict_outputs import (
     InputFiles,
     OutputLock,
@@ -51,8 +52,9 @@ EXIT_CODES = """exit status:
   2  usage error, nothing processed: bad arguments, an unusable --model, --device or --output, an --output or
      --visualize that would overwrite an input, an --output another run is writing (OUTPUT.lock)
 
-Images without a face are counted in one line on standard error. The output is always valid JSON lines: a value
-holding NaN or infinity is written as null and its key named in the face's "non_finite" list."""
+Images without a face are counted in one line on standard error. The output is always valid JSON lines (or, with
+--output-format parquet, a Parquet file of the same records, one row each): a value holding NaN or infinity is
+written as null and its key named in the face's "non_finite" list."""
 
 
 def expand_inputs(paths: Sequence[str]) -> list[tuple[str, str]]:
@@ -115,7 +117,7 @@ class ResultSink:
             if self.sharded:
                 write_part_line(self.output, item.index, result, line)  # errors too: the merge counts them
             elif status != ERROR:
-                self.output.write(line)
+                write_record(self.output, result, line)
         except OSError as error:
             raise CommandError(f"cannot write the output ({error.strerror or error})") from None
         if self.saver is not None and status != ERROR:
@@ -246,6 +248,7 @@ def _summarise(no_face: int, total: int, non_finite: int) -> None:
 
 
 def command_predict(args: argparse.Namespace) -> int:
+    check_output_format(args.output_format, args.output)
     named, videos = split_videos(expand_inputs(args.images))
     images = [path for path, _ in named]
     state = distributed_state()  # None unless launched as several processes
@@ -326,7 +329,8 @@ def _predict(
     # Written under a temporary name and renamed when complete: a run that dies leaves any earlier output whole.
     final = (part_path(args.output, rank, world) if world > 1 else args.output) if args.output else None
     target = temporary_path(final) if final else None
-    output = open(target, "x", encoding="utf-8") if target else sys.stdout
+    # Part files are always indexed JSON lines; the merge writes them in --output-format.
+    output = open_records_output(target, "jsonl" if world > 1 else args.output_format) if target else sys.stdout
     description = "faceptor" if world == 1 else f"faceptor (process 0 of {world})"
     try:
         with tqdm(total=len(mine), unit="image", desc=description,
@@ -357,7 +361,8 @@ def _predict(
             _summarise(0, 0, sink.non_finite)
             return 1 if sink.failed_pictures else 0  # the main process reports the status of all inputs
         try:
-            statuses = merge_parts(args.output, world, temporary_path(args.output))
+            statuses = merge_parts(args.output, world, temporary_path(args.output),
+                                   open_merged=lambda path: open_records_output(path, args.output_format))  # fmt: skip
         except FileNotFoundError as error:
             raise CommandError(str(error)) from None
         _summarise(statuses[NO_FACE], len(images), sink.non_finite)
@@ -369,14 +374,19 @@ def _predict(
 def add_predict_command(subparsers) -> argparse.ArgumentParser:
     """Adds `faceptor predict IMAGE ... [--model DIR]` to the CLI's subcommands; its usage errors are one line."""
     predict = subparsers.add_parser("predict", help="run every task on images; JSON lines out",
-                                    description="Every task of a Faceptor model on images: JSON lines out, one per "
-                                    "image, in input order.", epilog=EXIT_CODES,
+                                    description="Every task of a Faceptor model on images and videos: JSON lines "
+                                    "out, one per image (or video frame with faces), in input order;\nor a Parquet "
+                                    "file of the same records (--output-format parquet).", epilog=EXIT_CODES,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     predict.add_argument("images", nargs="+", help="image or video files, or folders of them")
     predict.add_argument("--model", help="Faceptor model folder (default: the bundled demo model)")
     predict.add_argument("--tasks", nargs="+", help="task names (default: all the model's tasks)")
-    predict.add_argument("--output", help="write JSON lines here instead of standard output (never over an input; "
+    predict.add_argument("--output", help="write the results here instead of standard output (never over an input; "
                          "one run at a time, through OUTPUT.lock)")  # fmt: skip
+    predict.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl",
+                         help="jsonl: one JSON line per image or video frame with faces (default); parquet: the same "
+                         "records as rows of the --output file, written in row groups as they come (needs "
+                         "pyarrow; for large runs)")  # fmt: skip
     predict.add_argument("--visualize", metavar="OUT_DIR", help="write a picture of each result here (a video's: "
                          "NAME/frame_NNNNNN.jpg; or name one video's annotated OUT.mp4), named by the "
                          "input's path inside what was given (never over an input)")  # fmt: skip

@@ -18,6 +18,7 @@ from ..video.perception import perceive_video
 from ..video.reading import VIDEO_SUFFIXES, VideoError, is_video_path, video_info
 from ..video.writing import AnnotatedVideoWriter, annotate_frame, pick_encoder
 from .errors import CommandError
+from .parquet_output import write_record
 from .predict_outputs import InputFiles, picture_paths
 from .result_json import json_line
 
@@ -59,7 +60,7 @@ def predict_videos(
     detector: Any,
     report,
 ) -> tuple[int, int]:
-    """Runs every video of `videos` ((path, name) pairs) through `face_pipeline`, writing JSON lines to `output`;
+    """Runs every video of `videos` ((path, name) pairs) through `face_pipeline`, writing their records to `output`;
     `report(line)` prints a video's one error line. Returns (videos that failed or broke part-way, faces with
     non-finite values)."""
     from tqdm.auto import tqdm
@@ -82,7 +83,7 @@ def predict_videos(
                         if result["faces"]:
                             line, flagged = json_line(result)
                             non_finite += flagged
-                            output.write(line)
+                            write_record(output, result, line)
                         if wants_annotated_video(args.visualize):
                             if writer is None:
                                 height, width = frame.image.shape[:2]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import heapq
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 # A part file's line: "<input index>\t<status>\t<JSON result>"; json.dumps escapes tabs and newlines.
@@ -75,9 +75,16 @@ def _read_part(path: str) -> Iterator[tuple[int, str, str]]:
             yield int(index), status, text
 
 
-def merge_parts(output: str, world: int, temporary: str | None = None) -> Counter:
+def _open_text(path: str) -> IO[str]:
+    return open(path, "w", encoding="utf-8")
+
+
+def merge_parts(
+    output: str, world: int, temporary: str | None = None, open_merged: Callable[[str], Any] = _open_text
+) -> Counter:
     """Merges the `world` part files of `output` into `output` in input order (streaming: one line of each part
     held at a time), through `temporary` (default `output`.merging) renamed at the end, and removes the parts.
+    `open_merged(path)` makes what the JSON lines are written to (default a text file; e.g. a Parquet writer).
     Returns how many inputs gave each status; error results are counted but, as in one process, not written."""
     parts = [part_path(output, rank, world) for rank in range(world)]
     missing = [path for path in parts if not os.path.isfile(path)]
@@ -85,11 +92,14 @@ def merge_parts(output: str, world: int, temporary: str | None = None) -> Counte
         raise FileNotFoundError(f"part files missing (a process failed?): {missing}")
     temporary, statuses = temporary or f"{output}.merging", Counter()
     try:
-        with open(temporary, "w", encoding="utf-8") as merged:
+        merged = open_merged(temporary)
+        try:
             for _, status, text in heapq.merge(*map(_read_part, parts), key=lambda entry: entry[0]):
                 statuses[status] += 1
                 if status != ERROR:
                     merged.write(text)
+        finally:
+            merged.close()
         os.replace(temporary, output)
     finally:
         if os.path.exists(temporary):
