@@ -39,6 +39,8 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import batched_nms as _torchvision_batched_nms
 
+from .resampling import triangle_filter
+
 INSTALL_HINT = 'pip install "faceptor[detect]"'
 
 # The order of `DetectedFace.keypoints` for the MTCNN detector. "left"/"right" are as seen in the image (the
@@ -366,20 +368,7 @@ def _bilinear_taps(in_size: torch.Tensor, extent: torch.Tensor, out_size: int) -
     (N, out, K) in Pillow's fixed point; taps past an output's own count have weight 0.
     """
     scale = extent.to(torch.float32).to(torch.float64) / out_size  # Pillow: (double)(in1 - in0) with float box
-    filterscale = scale.clamp(min=1.0)
-    support = filterscale  # the bilinear filter's support is 1
-    taps = int(math.ceil(float(support.max()))) * 2 + 1
-    centre = (torch.arange(out_size, device=scale.device, dtype=torch.float64) + 0.5)[None] * scale[:, None]
-    first = (centre - support[:, None] + 0.5).trunc().clamp(min=0)
-    count = (centre + support[:, None] + 0.5).trunc().clamp(max=in_size[:, None].to(torch.float64)) - first
-    offsets = torch.arange(taps, device=scale.device, dtype=torch.float64)
-    distance = ((offsets + first[..., None]) - centre[..., None] + 0.5) * (1.0 / filterscale)[:, None, None]
-    weights = (1.0 - distance.abs()).clamp(min=0.0)
-    weights = torch.where(offsets < count[..., None], weights, 0.0)
-    total = weights[..., 0]
-    for tap in range(1, taps):  # left to right, as Pillow sums
-        total = total + weights[..., tap]
-    weights = torch.where(total[..., None] != 0, weights / total[..., None], weights)
+    first, weights = triangle_filter(scale, in_size, out_size)
     fixed = (weights * (1 << _PRECISION_BITS) + 0.5).trunc().to(torch.int32)
     return first.to(torch.int64), fixed
 

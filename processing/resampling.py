@@ -40,6 +40,28 @@ class AxisTaps(NamedTuple):
     shift: torch.Tensor | None = None
 
 
+def triangle_filter(scales: torch.Tensor, lengths: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The antialiased bilinear filter of PIL's resize and torch's `interpolate(antialias=True)` along one axis, for
+    N inputs of `lengths` `(N,)` pixels read at `scales` `(N,)` input pixels per output pixel into `size` pixels:
+    each output pixel's first input pixel `(N, size)` and its normalised float64 tap weights `(N, size, K)` (the
+    triangle widened by the downscale factor, cut at the input's ends; unused taps 0). Shared by the crops and the
+    detector's pyramid, which round the weights to their own fixed points."""
+    device = scales.device
+    scales = scales.to(torch.float64)[:, None]
+    support = scales.clamp(min=1.0)  # the triangle's half-width in input pixels
+    centres = scales * (torch.arange(size, dtype=torch.float64, device=device) + 0.5)
+    first = (centres - support + 0.5).floor().clamp(min=0)
+    stop = torch.minimum((centres + support + 0.5).floor(), lengths.to(device, torch.float64)[:, None])
+    width = max(int((stop - first).max().item()), 1) if len(scales) else 1
+    taps = first[..., None] + torch.arange(width, dtype=torch.float64, device=device)
+    weights = (1 - ((taps - centres[..., None] + 0.5) * (1.0 / support)[..., None]).abs()).clamp(min=0)
+    weights = torch.where(taps < stop[..., None], weights, 0.0)
+    total = weights[..., 0]
+    for tap in range(1, width):  # left to right, as both libraries sum
+        total = total + weights[..., tap]
+    return first, weights / total.clamp(min=1e-30)[..., None]
+
+
 def antialiased_taps(origins: torch.Tensor, sides: torch.Tensor, extents: torch.Tensor, size: int) -> AxisTaps:
     """Taps of the antialiased linear resize of windows `[origin, origin + side)` of an axis with `extent` pixels
     (per crop, `(F,)` integers) to `size` pixels, the window zero outside the image: the triangle filter of PIL's
@@ -47,17 +69,8 @@ def antialiased_taps(origins: torch.Tensor, sides: torch.Tensor, extents: torch.
     weights normalised over the window's taps. The taps outside the image are then dropped: they read zeros."""
     device = origins.device
     origins, sides, extents = (values.to(device, torch.float64) for values in (origins, sides, extents))
-    scale = (sides / size)[:, None]  # (F, 1)
-    support = scale.clamp(min=1.0)  # the triangle's half-width in window pixels
-    inverse = 1.0 / support
-    centres = scale * (torch.arange(size, dtype=torch.float64, device=device) + 0.5)  # (F, S)
-    first = (centres - support + 0.5).floor().clamp(min=0)
-    stop = torch.minimum((centres + support + 0.5).floor(), sides[:, None])
-    width = int((stop - first).max().item()) if len(origins) else 0
-    taps = first[..., None] + torch.arange(max(width, 1), dtype=torch.float64, device=device)  # window pixels
-    weights = (1 - ((taps - centres[..., None] + 0.5) * inverse[..., None]).abs()).clamp(min=0)
-    weights = torch.where(taps < stop[..., None], weights, 0.0)
-    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
+    first, weights = triangle_filter(sides / size, sides, size)
+    taps = first[..., None] + torch.arange(weights.shape[-1], dtype=torch.float64, device=device)  # window pixels
     # Fixed point as torch's uint8 resize: the most fractional bits (up to 22) that keep 2 x the largest weight of
     # the whole window under 2**15, weights rounded half away from zero.
     largest = weights.amax(dim=(1, 2))
