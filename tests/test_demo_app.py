@@ -68,6 +68,7 @@ def test_bad_inputs_are_messages_naming_the_upload(demo, tmp_path, monkeypatch):
     monkeypatch.setattr(demo_module, "MAX_IMAGE_PIXELS", 10_000)
     assert "384x512 is too large for this demo" in demo.analyse(PHOTO).message
     # The page's own handler: one line, never a traceback, whatever fails.
+    monkeypatch.setattr(demo, "upload_folder", str(demo_module.ASSETS_DIR))  # PHOTO as if Gradio had stored it
     monkeypatch.setattr(demo, "analyse", lambda photo, tasks: 1 / 0)
     message, picture, panel, result = demo._page_analyse(PHOTO, None)
     assert message == "**Error:** ZeroDivisionError: division by zero" and picture is None and result is None
@@ -239,3 +240,75 @@ def test_video_tab_tracks_the_face_and_writes_the_annotated_clip(demo, tmp_path)
     (tmp_path / "notes.txt").write_text("not a video")
     message = demo.analyse_video(str(tmp_path / "notes.txt")).message
     assert message.startswith("**Error:** notes.txt") and str(tmp_path) not in message
+
+
+def _call_page_api(base_url: str, api_name: str, data: list) -> list:
+    """One call of the page's HTTP API as any client can make it (Gradio's `/gradio_api/call/`): its outputs, or
+    None when Gradio answered with an error event (it refused the input itself)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base_url}gradio_api/call/{api_name}",
+        data=json.dumps({"data": data}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{base_url}gradio_api/call/{api_name}/{event_id}", timeout=300) as response:
+        stream = response.read().decode()
+    events = stream.split("event: ")
+    complete = next((event for event in events if event.startswith("complete")), None)
+    return None if complete is None else json.loads(complete.split("data: ", 1)[1])
+
+
+def _upload(base_url: str, path: str) -> str:
+    """Uploads a file as the page does (`/gradio_api/upload`): the path Gradio stored it under."""
+    import urllib.request
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    with open(path, "rb") as file:
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{os.path.basename(path)}"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode() + file.read() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        f"{base_url}gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())[0]
+
+
+@pytest.mark.slow
+def test_the_page_reads_no_file_of_the_server(demo, tmp_path):
+    """Security: a client that posts a server path (no upload) to the page's HTTP API gets a refusal, in the same
+    words whether the path exists, is not an image or is missing; a file uploaded through Gradio still works."""
+    app = demo.build_app().queue()
+    app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        base = app.local_url
+        secret = tmp_path / "secret.jpg"
+        shutil.copyfile(PHOTO, secret)  # an image on the server's disk, outside Gradio's upload folder
+        (tmp_path / "notes.txt").write_text("not an image")
+        refusal = "**Error:** The upload carried no file."
+        meta = {"_type": "gradio.FileData"}  # with it, Gradio checks the path itself; without it, only the page does
+
+        def refused(outputs: list | None) -> bool:  # by the page (its one message) or by Gradio (an error event)
+            return outputs is None or (outputs[0] == refusal and not any(outputs[1:]))
+
+        for path in (secret, PHOTO, tmp_path / "notes.txt", tmp_path / "missing.jpg", f"{demo.upload_folder}/../x"):
+            assert _call_page_api(base, "analyse", [{"path": str(path)}, None]) == [refusal, None, "", None], path
+            assert refused(_call_page_api(base, "analyse", [{"path": str(path), "meta": meta}, None])), path
+            assert refused(_call_page_api(base, "analyse", [str(path), None])), path
+        if demo.identity_task is not None:
+            assert _call_page_api(base, "compare", [{"path": str(secret)}, {"path": str(secret)}])[0] == refusal
+        if video_supported():
+            for video in ({"path": str(secret)}, {"path": str(secret), "meta": meta}):
+                assert refused(_call_page_api(base, "analyse_video", [{"video": video}])), video
+        stored = _upload(base, PHOTO)
+        message, picture, panel, raw = _call_page_api(
+            base, "analyse", [{"path": stored, "meta": {"_type": "gradio.FileData"}}, None]
+        )
+        assert message.startswith("1 face found") and picture is not None and len(raw["faces"]) == 1
+    finally:
+        app.close()

@@ -135,6 +135,36 @@ def _payload_source(payload: Any) -> tuple[Any, str]:
     return payload, "the image"
 
 
+def gradio_upload_folder() -> str:
+    """Where Gradio stores the files a page uploads (and its cached examples): `GRADIO_TEMP_DIR`, else its folder
+    in the system's temporary directory."""
+    try:
+        from gradio.utils import get_upload_folder
+    except ImportError:  # a Gradio without the helper: its documented default
+        return os.environ.get("GRADIO_TEMP_DIR") or os.path.join(tempfile.gettempdir(), "gradio")
+    return get_upload_folder()
+
+
+def uploaded_only(payload: Any, upload_folder: str | os.PathLike) -> Any:
+    """A payload from the page's HTTP API, kept only when it names a file inside Gradio's `upload_folder` (what
+    Gradio itself stored for an upload or an example) or carries the image's bytes (a `data:` URL); `None` stays
+    `None`. Anything else (a path on the server, a URL) is refused with the same words whether or not that path
+    exists, so that a client can neither read nor probe the server's files: the events run unprocessed, without
+    Gradio's own upload checks."""
+    if payload is None:
+        return None
+    inner = payload.get("video") if isinstance(payload, dict) and isinstance(payload.get("video"), dict) else payload
+    if isinstance(inner, dict) and not inner.get("path") and str(inner.get("url") or "").startswith("data:"):
+        return payload
+    path = inner.get("path") if isinstance(inner, dict) else inner
+    if isinstance(path, str) and path:
+        folder = os.path.realpath(upload_folder)
+        resolved = os.path.realpath(path)  # links and ".." resolved: a link in the folder to elsewhere is refused
+        if os.path.commonpath([folder, resolved]) == folder and resolved != folder:
+            return payload
+    raise DemoInputError("The upload carried no file.")
+
+
 def load_photo(payload: Any) -> tuple[np.ndarray, str]:
     """Any photo the page receives -> (an (H, W, 3) uint8 RGB array, the name to show); `DemoInputError` with a
     message naming the file for anything that is not a usable image, or larger than `MAX_IMAGE_PIXELS`."""
@@ -250,6 +280,7 @@ class FaceDemo:
             threshold, note = identity_threshold, "set with --identity-threshold"
         self.identity_threshold, self.threshold_note = threshold, note
         self._lock = threading.Lock()  # one prediction at a time: the page's two tabs share the model
+        self.upload_folder = gradio_upload_folder()  # the only place the page's events may read files from
 
     @property
     def task_names(self) -> list[str]:
@@ -394,9 +425,11 @@ class FaceDemo:
                         panel = gr.Markdown(elem_id="faces")
                 raw = gr.JSON(label="Raw result (JSON)", elem_id="raw-json")
                 outputs = [message, picture, panel, raw]
-                for event in (photo.change, run.click):
-                    # Unprocessed: the page's own loader gives a clear message where Gradio's would fail.
-                    event(self._page_analyse, inputs=[photo, tasks], outputs=outputs, preprocess=False)
+                for event, api_name in ((photo.change, False), (run.click, "analyse")):
+                    # Unprocessed: the page's own loader gives a clear message where Gradio's would fail (and
+                    # `uploaded_only` does the upload check that Gradio's preprocessing would have done).
+                    event(self._page_analyse, inputs=[photo, tasks], outputs=outputs, preprocess=False,
+                          api_name=api_name)  # fmt: skip
             with gr.Tab("Compare two photos"):
                 if self.identity_task is None:
                     gr.Markdown("This model has no identity-embedding task, so it cannot compare faces.")
@@ -415,7 +448,8 @@ class FaceDemo:
                         first_faces = gr.Image(label="First photo's faces", type="pil", interactive=False)
                         second_faces = gr.Image(label="Second photo's faces", type="pil", interactive=False)
                     compare.click(self._page_compare, inputs=[first, second],
-                                  outputs=[verdict, first_faces, second_faces], preprocess=False)  # fmt: skip
+                                  outputs=[verdict, first_faces, second_faces], preprocess=False,
+                                  api_name="compare")  # fmt: skip
             if video_supported():
                 with gr.Tab("Video"):
                     gr.Markdown(
@@ -429,12 +463,14 @@ class FaceDemo:
                     run_video = gr.Button("Analyse the video", variant="primary", elem_id="analyse-video")
                     video_message = gr.Markdown(elem_id="video-message")
                     run_video.click(self._page_video, inputs=clip, outputs=[video_message, annotated],
-                                    preprocess=False)  # fmt: skip
+                                    preprocess=False, api_name="analyse_video")  # fmt: skip
         return app
 
     def _page_analyse(self, photo: Any, tasks: list[str] | None):
         try:
-            analysis = self.analyse(photo, tasks)
+            analysis = self.analyse(uploaded_only(photo, self.upload_folder), tasks)
+        except DemoInputError as error:
+            analysis = Analysis(f"**Error:** {error}")
         except Exception as error:  # the page shows one line; the traceback goes to the server's log
             logger.exception("analyse failed")
             analysis = Analysis(f"**Error:** {_one_line(error)}")
@@ -442,7 +478,9 @@ class FaceDemo:
 
     def _page_video(self, video: Any):
         try:
-            analysis = self.analyse_video(video)
+            analysis = self.analyse_video(uploaded_only(video, self.upload_folder))
+        except DemoInputError as error:
+            analysis = VideoAnalysis(f"**Error:** {error}")
         except Exception as error:  # as above
             logger.exception("video failed")
             analysis = VideoAnalysis(f"**Error:** {_one_line(error)}")
@@ -450,7 +488,9 @@ class FaceDemo:
 
     def _page_compare(self, first: Any, second: Any):
         try:
-            comparison = self.compare(first, second)
+            comparison = self.compare(*(uploaded_only(photo, self.upload_folder) for photo in (first, second)))
+        except DemoInputError as error:
+            comparison = Comparison(f"**Error:** {error}")
         except Exception as error:  # as above
             logger.exception("compare failed")
             comparison = Comparison(f"**Error:** {_one_line(error)}")
