@@ -40,7 +40,7 @@ def photos() -> list:
     def rgb(gray):
         return np.repeat(gray[:, :, None], 3, axis=2)
 
-    with importlib.resources.as_file(importlib.resources.files("faceptor") / "assets" / "astronaut.jpg") as path:
+    with importlib.resources.as_file(importlib.resources.files("faceptor.assets") / "astronaut.jpg") as path:
         asset = np.asarray(Image.open(path).convert("RGB"))
     return [
         asset,

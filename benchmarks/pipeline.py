@@ -41,7 +41,7 @@ from faceptor.commands.predict import load_pipeline, predict_stream  # noqa: E40
 from faceptor.demo_model import DEMO_MODEL_DIR  # noqa: E402
 from faceptor.processing.image_loading import load_image  # noqa: E402
 
-ASSET = Path(__file__).resolve().parents[1] / "modeling_faceptor" / "assets" / "astronaut.jpg"
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 STAGES = ("load", "detect", "crop", "model", "post-process", "write")
 
 

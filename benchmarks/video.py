@@ -33,7 +33,7 @@ from faceptor.demo_model import DEMO_MODEL_DIR  # noqa: E402
 from faceptor.video import read_frames  # noqa: E402
 from faceptor.video.perception import perceive_video  # noqa: E402
 
-ASSET = Path(__file__).resolve().parents[1] / "modeling_faceptor" / "assets" / "astronaut.jpg"
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 CLIP_FPS = 30
 
 

@@ -19,6 +19,7 @@ this folder (relatively).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -51,17 +52,16 @@ KIND_PIPELINE_TAG = {
 }
 
 
-# What only the installed `faceptor` package can do, registered by its __init__ (`set_hub_integration`): cards
-# rendered from hub_cards/ and a model repo with the image processor and pipeline. As remote code without the
-# package it stays unset: plain query-set cards and transformers' own push_to_hub.
-_hub_integration: Any = None
-
-
-def set_hub_integration(integration: Any) -> None:
-    """Registers an object with `render_task_set_card(description, license=, datasets=)` and
-    `push_model(model, repo_id, **options)`, which the query-set card and `push_to_hub` then use."""
-    global _hub_integration
-    _hub_integration = integration
+def _hub_integration() -> Any:
+    """What only the installed `faceptor` package can do, found when first used: cards rendered from hub_cards/
+    and a model repo with the image processor and pipeline (`faceptor.commands.hub_integration`, with
+    `render_task_set_card` and `push_model`). None as remote code without the package: plain query-set cards and
+    transformers' own push_to_hub."""
+    tools = f"{__package__}.commands.hub_integration"  # by name: this file travels, the tools do not
+    try:
+        return importlib.import_module(tools)
+    except ImportError:
+        return None
 
 
 def _tensor_digest(tensor: torch.Tensor) -> tuple[str, bytes]:
@@ -174,7 +174,7 @@ class FaceptorTaskSetMixin:
         return str(save_directory)
 
     def _task_set_card(self, description: dict, license: str | None, datasets: list[str] | None) -> str:
-        hub = _hub_integration
+        hub = _hub_integration()
         if hub is not None:
             return hub.render_task_set_card(description, license=license, datasets=datasets)
         # Remote code without the package (no templates): a plain card with the same metadata.
@@ -361,7 +361,7 @@ class FaceptorTaskSetMixin:
         `"faceptor-base"` or `"faceptor-full"` adds the paper's numbers when the weights are the authors'). It
         is written locally, then uploaded in one commit. Without the package (this file running as remote code)
         it is transformers' own `push_to_hub`."""
-        hub = _hub_integration
+        hub = _hub_integration()
         if hub is None or args:
             if image_processor is not None or paper_results is not None:
                 raise ValueError("image_processor and paper_results need the faceptor package installed.")

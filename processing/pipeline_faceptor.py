@@ -9,6 +9,7 @@ image's faces into its result dict.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import types
@@ -37,14 +38,21 @@ KIND_RESULT_KEY = {
 }
 DEFAULT_BATCH_SIZE = 8  # faces per forward pass
 _UNSET = "unset"
-# Videos are read by the installed package only (`faceptor.video`, which does not travel as remote code): its
-# `__init__` registers the reader here, with `is_video(path)` and `results(pipeline, path, **kwargs)`.
-_video_reader: Any = None
 
 
-def set_video_reader(reader: Any) -> None:
-    global _video_reader
-    _video_reader = reader
+def _video_results(face_pipeline: Any, path: Any, options: dict) -> Any:
+    """The per-frame results of a video path through the installed package's `faceptor.video`, found when first
+    used; None when `path` is no video, or as remote code without the package (which reads no videos)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    package = (__package__ or "").rpartition(".")[0]  # "faceptor" when installed
+    try:  # by name: this file travels as remote code, the video tools do not
+        reading = importlib.import_module(f"{package}.video.reading")
+    except ImportError:
+        return None
+    if not reading.is_video_path(path):
+        return None
+    return importlib.import_module(f"{package}.video.perception").iterate_video_results(face_pipeline, path, **options)
 
 
 def _image_error(source: str, stage: str, error: BaseException) -> str:
@@ -117,10 +125,11 @@ class FacePerceptionPipeline(ChunkPipeline):
         gives `{"source", "error"}` and the others are unaffected; a generator -> an iterator of result dicts; a video
         path -> a generator of per-frame result dicts (`faceptor.video.perception.perceive_video`: `every`, `fps`,
         `smooth`; each face with a `track_id`)."""
-        if _video_reader is not None and isinstance(inputs, (str, os.PathLike)) and _video_reader.is_video(inputs):
+        frames = _video_results(self, inputs, kwargs)
+        if frames is not None:
             if boxes is not None:
                 raise ValueError("boxes are per image; a video's faces are found in each frame")
-            return _video_reader.results(self, inputs, **kwargs)
+            return frames
         # The base class cannot do two things this pipeline needs, so they are done here, before it runs:
         # per-image boxes (its call parameters are the same for every input, so each image travels with its
         # boxes, as zero-shot object detection packs image and labels) and recording a bad input of a list in

@@ -137,7 +137,7 @@ def test_demo_command_reports_a_taken_port_in_one_line(model_dir, capsys):
 def test_space_folder(tmp_path):
     files = write_space_folder(tmp_path, "tester/tiny-faceptor")
     assert {"app.py", "requirements.txt", "README.md", "faceptor/__init__.py", "faceptor/commands/demo.py",
-            "faceptor/processing/visualization.py", "faceptor/assets/astronaut.jpg"} <= set(files)  # fmt: skip
+            "faceptor/visualization/drawing.py", "faceptor/assets/astronaut.jpg"} <= set(files)  # fmt: skip
     assert not [name for name in files if name.endswith(".safetensors") or "/train/" in name or "__pycache__" in name]
     metadata = metadata_load(tmp_path / "README.md")
     assert metadata["sdk"] == "gradio" and metadata["app_file"] == "app.py"

@@ -21,7 +21,7 @@ skimage_data = pytest.importorskip(
 
 ASTRONAUT_FACE = (180, 88, 268, 172)
 CAMERAMAN_FACE = (190, 137, 255, 197)  # three-quarter profile, partly hidden by his camera
-ASSET_CROP_LEFT = 64  # modeling_faceptor/assets/astronaut.jpg is the astronaut cropped at x = 64 (see its README)
+ASSET_CROP_LEFT = 64  # assets/astronaut.jpg is the astronaut cropped at x = 64 (see its README)
 
 
 def iou(a, b) -> float:
@@ -78,7 +78,7 @@ def test_finds_tiny_lfw_face_crops_and_nothing_in_non_faces(detector):
 
 
 def test_finds_the_face_in_the_packaged_asset(detector):
-    asset = importlib.resources.files("faceptor") / "assets" / "astronaut.jpg"
+    asset = importlib.resources.files("faceptor.assets") / "astronaut.jpg"
     with importlib.resources.as_file(asset) as path:
         image = Image.open(path)
         assert max(image.size) == 512 and path.stat().st_size < 80_000

@@ -30,7 +30,7 @@ def rgb(gray: np.ndarray) -> np.ndarray:
 def asset_photo() -> np.ndarray:
     import importlib.resources
 
-    with importlib.resources.as_file(importlib.resources.files("faceptor") / "assets" / "astronaut.jpg") as path:
+    with importlib.resources.as_file(importlib.resources.files("faceptor.assets") / "astronaut.jpg") as path:
         return np.asarray(Image.open(path).convert("RGB"))
 
 

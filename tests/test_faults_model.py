@@ -30,7 +30,7 @@ from faceptor.commands.errors import error_summary
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "official" / "faceptor_stage1.pth.tar"
 FIXTURE_HEADS = ["--encoder-heads", "2", "--decoder-heads", "4"]  # the fixture's reduced official model
-IMAGE = Path(__file__).parents[1] / "modeling_faceptor" / "assets" / "astronaut.jpg"
+IMAGE = Path(__file__).parents[1] / "assets" / "astronaut.jpg"
 BROKEN_TENSOR = "decoder.query_features.age_morph2"
 PUSH_TIMEOUT_S = 1  # the hanging server's case: --timeout 1
 

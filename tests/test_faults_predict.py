@@ -25,9 +25,9 @@ from conftest import run_cli
 from faceptor.commands import predict
 from faceptor.commands.predict_outputs import picture_paths
 from faceptor.commands.result_json import json_line
-from faceptor.processing.visualization import is_saved_picture, save_picture
+from faceptor.visualization.drawing import is_saved_picture, save_picture
 
-ASTRONAUT = Path(__file__).resolve().parents[1] / "modeling_faceptor" / "assets" / "astronaut.jpg"
+ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 ODD_WIDTH = 80  # the width of `photos/odd.png`, the image a row's detector misbehaves on
 TASKS = ["--tasks", "age_morph2"]
 

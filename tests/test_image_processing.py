@@ -177,7 +177,7 @@ def photos():
 
     import faceptor
 
-    bundled = np.asarray(Image.open(Path(faceptor.__file__).parent / "assets" / "astronaut.jpg").convert("RGB"))
+    bundled = np.asarray(Image.open(Path(faceptor.__file__).parents[1] / "assets" / "astronaut.jpg").convert("RGB"))
     arrays = [bundled, data.astronaut(), data.coffee(), data.chelsea()]
     return [torch.from_numpy(np.array(array)).permute(2, 0, 1) for array in arrays]
 

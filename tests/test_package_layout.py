@@ -181,3 +181,28 @@ def test_a_written_model_folder_holds_exactly_the_listed_remote_code(tmp_path):
     references.append(config["custom_pipelines"]["face-perception"]["impl"])
     for reference in references:
         assert (tmp_path / f"{reference.split('.')[0]}.py").is_file(), reference
+
+
+def test_import_faceptor_pulls_in_none_of_the_tools():
+    """`import faceptor` registers the model, processor and pipeline, and nothing else: no CLI, Hub push, Gradio,
+    PyAV, video reader or face detector (they are found when first used). A fresh process, so nothing is cached."""
+    import subprocess
+
+    code = "import sys, faceptor; print('\\n'.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert {"faceptor", "faceptor.modeling_faceptor", "faceptor.processing.pipeline_faceptor"} <= loaded
+    tools = {f"{PACKAGE}.{name}" for name in ("commands", "video", "visualization", "processing.detection")}
+    tools |= {"gradio", "av", "onnxruntime", "pyarrow"}
+    assert not {module for module in loaded if module in tools or module.rpartition(".")[0] in tools}
+
+
+def test_what_travels_is_the_two_folders_whole():
+    from faceptor.commands.push import REMOTE_CODE_PACKAGES
+
+    listed = set()
+    for package in REMOTE_CODE_PACKAGES:
+        prefix = package.removeprefix(PACKAGE).lstrip(".")
+        listed |= {f"{prefix}.{p.stem}" if prefix else p.stem for p in package_folder(package).glob("*.py")}
+    assert listed - {"__init__", "processing.__init__"} == set(REMOTE_CODE_MODULES)

@@ -18,7 +18,7 @@ from faceptor.commands.streaming import Item
 
 pq = pytest.importorskip("pyarrow.parquet", reason="Parquet output needs pyarrow: pip install 'faceptor[video]'")
 
-ASTRONAUT = Path(__file__).resolve().parents[1] / "modeling_faceptor" / "assets" / "astronaut.jpg"
+ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 
 
 def leftovers(folder: Path, name: str) -> list[str]:

@@ -24,7 +24,7 @@ from faceptor.commands.sharding import merge_parts, part_path, shard, write_part
 from faceptor.commands.streaming import Item, OrderedWriter, decode_ahead, decode_on_device, make_decoder
 from faceptor.processing.image_loading import ImageLoadError, load_image
 
-ASTRONAUT = Path(__file__).resolve().parents[1] / "modeling_faceptor" / "assets" / "astronaut.jpg"
+ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 
 
 @pytest.fixture(scope="module")

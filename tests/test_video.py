@@ -30,7 +30,7 @@ from faceptor.video.tracking import FaceTracker, box_iou  # noqa: E402
 from faceptor.video.writing import AnnotatedVideoWriter, annotate_frame  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ASTRONAUT = ROOT / "modeling_faceptor" / "assets" / "astronaut.jpg"
+ASTRONAUT = ROOT / "assets" / "astronaut.jpg"
 CLIP_FRAMES, CLIP_FPS, CLIP_SIZE, CLIP_STEP = 12, 12, 192, 8  # the face moves 8 px of the photo a frame
 CLIP_TIMES = [index / CLIP_FPS for index in range(CLIP_FRAMES)]
 

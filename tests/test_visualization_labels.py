@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from faceptor.processing.mask_encoding import encode_label_map
-from faceptor.processing.visualization import MIN_FONT_SIZE, caption_layout, draw_result
+from faceptor.visualization.drawing import MIN_FONT_SIZE, caption_layout, draw_result
 
 CAPTION = {
     "age": 34.2,

@@ -112,7 +112,7 @@ def save_worst_cases(
     the predicted and true label maps side by side, or the predicted and true values written on it."""
     from PIL import Image, ImageDraw
 
-    from ..processing.visualization import class_colours
+    from ..visualization.drawing import class_colours
 
     os.makedirs(folder, exist_ok=True)
     written = []

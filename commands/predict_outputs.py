@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 
-from ..processing.visualization import is_saved_picture
+from ..visualization.drawing import is_saved_picture
 from .errors import CommandError
 
 LOCK_SUFFIX = ".lock"

@@ -13,10 +13,10 @@ from typing import IO, Any
 
 from PIL import Image
 
-from ..processing.visualization import is_saved_picture, save_picture
 from ..video.perception import perceive_video
 from ..video.reading import VIDEO_SUFFIXES, VideoError, is_video_path, video_info
 from ..video.writing import AnnotatedVideoWriter, annotate_frame, pick_encoder
+from ..visualization.drawing import is_saved_picture, save_picture
 from .errors import CommandError
 from .parquet_output import write_record
 from .predict_outputs import InputFiles, picture_paths

@@ -14,8 +14,8 @@ import torch
 
 from ..demo_model import announce_demo_model, demo_model_path
 from ..processing.image_loading import image_suffixes
-from ..processing.visualization import draw_result, save_picture
 from ..video.reading import VIDEO_SUFFIXES
+from ..visualization.drawing import draw_result, save_picture
 from .compiled_inference import default_compile_mode, install_fixed_shape_forward
 from .errors import CommandError, error_summary, run_handler
 from .model_loading import load_model_folder

@@ -26,8 +26,14 @@ from .errors import CommandError, error_summary
 logger = logging.getLogger(__name__)
 
 PACKAGE = __package__.rpartition(".")[0]  # "faceptor"
-# The package's folders the Space needs (installed from one folder or, editable, from three).
-VENDORED_PACKAGES = (PACKAGE, f"{PACKAGE}.processing", f"{PACKAGE}.hub_cards")
+# The package's folders the Space needs: the model's, processing, the cards and the tools around the demo.
+VENDORED_PACKAGES = (
+    PACKAGE,
+    *(
+        f"{PACKAGE}.{sub}"
+        for sub in ("processing", "hub_cards", "commands", "video", "visualization", "assets", "demo_model")
+    ),
+)
 # Not copied: caches, weights (the Space loads its model from the Hub) and the training code.
 VENDOR_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.safetensors", "train")
 SPACE_EXTRAS = ("detect", "demo", "video")  # the face detector, Gradio and PyAV, beside the package's own requirements

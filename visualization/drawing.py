@@ -10,7 +10,7 @@ import secrets
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .mask_encoding import decode_label_map
+from ..processing.mask_encoding import decode_label_map
 
 OVERLAY_OPACITY = 0.45
 TOP_ATTRIBUTES = 3

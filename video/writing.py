@@ -1,4 +1,4 @@
-"""Annotated videos: each frame drawn with `faceptor.processing.visualization` plus its faces' track ids, encoded
+"""Annotated videos: each frame drawn with `faceptor.visualization.drawing` plus its faces' track ids, encoded
 with PyAV at the source's frame rate and size (H.264 where FFmpeg has it, else MPEG-4 Part 2), written under a
 temporary name and renamed when complete. Audio is dropped."""
 
@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import ImageDraw
 
-from ..processing.visualization import _font, draw_result
+from ..visualization.drawing import _font, draw_result
 from .reading import VideoError, _av
 
 # Encoders tried in order per container; the first that this FFmpeg build has is used.

@@ -31,28 +31,26 @@ from .space import add_space_option, push_space_of_command
 
 logger = logging.getLogger(__name__)
 
-# The modules (of the `faceptor` package) that travel to the Hub as remote code, flattened into the model's
-# folder: the model's files (all of modeling_faceptor/ but the package __init__) and the image processor's
-# and pipeline's (processing/, all but visualization.py). They import only each other, relatively, besides
-# torch, transformers, huggingface_hub, safetensors, numpy and PIL; the tests check both.
-REMOTE_CODE_MODULES = (
-    "configuration_faceptor",
-    "configuration_naive_faceptor",
-    "modeling_faceptor",
-    "modeling_naive_faceptor",
-    "outputs_faceptor",
-    "task_presets",
-    "task_query_sets",
-    "processing.decoding",
-    "processing.detection",
-    "processing.geometry",
-    "processing.image_loading",
-    "processing.image_processing_faceptor",
-    "processing.mask_encoding",
-    "processing.pipeline_faceptor",
-    "processing.resampling",
-)
 PACKAGE = __package__.rpartition(".")[0]  # "faceptor"
+# What travels to the Hub as remote code is two folders, whole: the model's (modeling_faceptor/, installed as
+# `faceptor`) and the image processor's and pipeline's (processing/, `faceptor.processing`), flattened into the
+# model's folder. They import only each other, relatively, besides torch, transformers, huggingface_hub,
+# safetensors, numpy and PIL; tests/test_package_layout.py checks both.
+REMOTE_CODE_PACKAGES = (PACKAGE, f"{PACKAGE}.processing")
+
+
+def _remote_code_modules() -> tuple[str, ...]:
+    modules = []
+    for package in REMOTE_CODE_PACKAGES:
+        folder = Path(importlib.util.find_spec(package).origin).parent
+        prefix = package.removeprefix(PACKAGE).lstrip(".")
+        for path in sorted(folder.glob("*.py")):
+            if path.stem != "__init__":
+                modules.append(f"{prefix}.{path.stem}" if prefix else path.stem)
+    return tuple(modules)
+
+
+REMOTE_CODE_MODULES = _remote_code_modules()  # module names under `faceptor`, e.g. "processing.decoding"
 # Weight files of an earlier push that a new push replaces (a sharded model becoming unsharded and vice versa).
 STALE_WEIGHT_PATTERNS = ["model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
 DEFAULT_COMMIT_MESSAGE = "Upload Faceptor model"

@@ -2,7 +2,7 @@
 has (the annotated picture, a panel per face, the raw JSON); compare the faces of two photos by identity.
 
 The model's task list drives the page, so a task added with `add_task` / `load_task` shows up. Predictions go
-through `pipeline("face-perception")`; pictures through `faceptor.processing.visualization`. Errors (not an
+through `pipeline("face-perception")`; pictures through `faceptor.visualization.drawing`. Errors (not an
 image, too large, no task picked) are messages in the page, never a stack trace. `faceptor push --space` writes a
 Space whose `app.py` calls [`load_demo`] on the model's Hub repo (`space.py`).
 """
@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..assets import bundled_photos
 from ..demo_model import announce_demo_model, demo_model_path
 from ..processing.image_loading import ImageLoadError, load_image
 from ..processing.mask_encoding import decode_label_map
 from ..processing.pipeline_faceptor import KIND_RESULT_KEY
-from ..processing.visualization import draw_result
+from ..visualization.drawing import draw_result
 from .errors import CommandError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ TOP_ATTRIBUTES = 5
 # Without measured pairs for a model: a usual operating point of CosFace / ArcFace embeddings (such as
 # Faceptor's recog_ms1mv3); check it on pairs of your own.
 DEFAULT_IDENTITY_THRESHOLD = 0.3
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 MAX_VIDEO_SECONDS = 30.0  # the video tab takes short clips: beyond this the analysis stops
 VIDEO_FRAMES_PER_SECOND = 5.0  # frames analysed per second of video
 PACKAGE = __package__.rpartition(".")[0]  # "faceptor"
@@ -112,7 +112,7 @@ def identity_threshold_for(model_source: str) -> tuple[float, str]:
 
 def example_photos() -> list[str]:
     """The bundled photos offered as examples."""
-    return sorted(str(path) for path in ASSETS_DIR.glob("*.jpg"))
+    return [str(path) for path in bundled_photos()]
 
 
 def _payload_source(payload: Any) -> tuple[Any, str]:
