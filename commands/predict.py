@@ -14,6 +14,7 @@ import torch
 
 from ..demo_model import announce_demo_model, demo_model_path
 from ..processing.image_loading import image_suffixes
+from ..processing.streaming import StreamItem, stream_faces
 from ..video.reading import VIDEO_SUFFIXES
 from ..visualization.drawing import draw_result, save_picture
 from .compiled_inference import default_compile_mode, install_fixed_shape_forward
@@ -43,7 +44,7 @@ from .sharding import (
     share_from_main,
     write_part_line,
 )
-from .streaming import BoundedPictureSaver, Item, OrderedWriter, Throughput, decode_ahead, make_decoder
+from .streaming import BoundedPictureSaver, OrderedWriter, Throughput, make_decoder
 
 EXIT_CODES = """exit status:
   0  every input was processed (images without a face included: their record has "faces": [])
@@ -78,14 +79,18 @@ def expand_inputs(paths: Sequence[str]) -> list[tuple[str, str]]:
     return expanded
 
 
-def load_pipeline(model: str, device: str | None, dtype: str = "float32"):
+def load_pipeline(model: str, device: str | None, dtype: str = "float32", detector_device: str | None = None):
+    """The `face-perception` pipeline of a model folder on `device`; its detector on the same device unless
+    `detector_device` names another."""
     from transformers import pipeline
 
     if not os.path.isdir(model):
         raise CommandError(f"{model}: no such model folder")
     try:
         loaded = load_model_folder(model, dtype=getattr(torch, dtype))  # one line for a broken folder
-        return pipeline("face-perception", model=loaded, image_processor=model, device=device)
+        return pipeline(
+            "face-perception", model=loaded, image_processor=model, device=device, detector_device=detector_device
+        )
     except (OSError, ValueError, KeyError) as error:
         raise CommandError(f"{model}: cannot load a Faceptor model ({str(error).splitlines()[0]})") from None
 
@@ -104,7 +109,7 @@ class ResultSink:
         self.throughput = Throughput()
         self.errors = self.no_face = self.non_finite = self.failed_pictures = 0
 
-    def __call__(self, item: Item) -> None:
+    def __call__(self, item: StreamItem) -> None:
         result = item.result
         status = result_status(result)
         if status == ERROR:
@@ -121,7 +126,7 @@ class ResultSink:
         except OSError as error:
             raise CommandError(f"cannot write the output ({error.strerror or error})") from None
         if self.saver is not None and status != ERROR:
-            self.saver.submit(_save_picture, item.image, result, self.pictures[item.index])
+            self.saver.submit(_save_picture, item.image_array(), result, self.pictures[item.index])
         self.throughput.add(result)
         self.progress.set_postfix_str(f"{self.throughput.faces_per_second():.2f} faces/s", refresh=False)
         self.progress.update(1)
@@ -162,41 +167,29 @@ def predict_stream(
     decoder=None,
     keep_images: bool = False,
 ) -> None:
-    """Runs `face_pipeline` over `inputs` ((index, path) pairs) and hands every `Item`, result set, to
-    `sink(item)` on a writer thread, in input order. Decoding (`decoder`, default `load_image`, on `workers`
-    threads, at most `images_in_flight` ahead), the pipeline (on this thread, `batch_size` faces per forward
-    pass, as many images per call) and the sink overlap; `keep_images` keeps the pixels for the sink."""
-    from ..processing.image_loading import load_image
-
-    decoder = decoder or load_image
-    per_call = max(1, min(batch_size, images_in_flight))
+    """Runs `face_pipeline` over `inputs` ((index, path) pairs) through the streaming engine
+    (`faceptor.processing.streaming`: decoding on `workers` threads at most `images_in_flight` ahead, detection
+    where the detector is fastest, `batch_size` faces per forward pass) and hands every `StreamItem`, result set
+    and `index` the input's, to `sink(item)` on a writer thread, in input order; `keep_images` keeps the pixels
+    for the sink's pictures."""
     writer = OrderedWriter(sink, capacity=images_in_flight)
-    # The detector runs on the decoding threads, beside the model, and hands its faces to the pipeline.
-    resolve = getattr(face_pipeline, "resolve_detector", None)
-    found = resolve(detector)[0] if resolve is not None and detector is not None else None
-    detect = (lambda image: face_pipeline.detect(found, [image])[0]) if found is not None else None
-
-    def run(chunk: list[Item]) -> None:
-        good = [item for item in chunk if item.result is None]
-        if good:
-            images = [{"image": item.image, "detections": item.detections, "source": item.path} for item in good]
-            results = face_pipeline(images, tasks=tasks, detector=detector, batch_size=batch_size)
-            for item, result in zip(good, results, strict=True):
-                item.result = {**result, "source": item.path}  # the path, not "array (H, W, 3)"
-        for item in chunk:
-            if not keep_images:
-                item.image = None  # only pictures need the pixels; free them before the writer's queue
-            writer.put(item)
-
+    indices = [index for index, _ in inputs]
     try:
-        chunk: list[Item] = []
-        for item in decode_ahead(inputs, decoder, workers, images_in_flight, detect):
-            chunk.append(item)
-            if len(chunk) == per_call:
-                run(chunk)
-                chunk = []
-        if chunk:
-            run(chunk)
+        items = stream_faces(
+            face_pipeline,
+            [path for _, path in inputs],
+            tasks=tasks,
+            detector=detector,
+            batch_size=batch_size,
+            images_in_flight=images_in_flight,
+            workers=workers,
+            decoder=decoder,
+        )
+        for item in items:
+            item.index = indices[item.index]
+            if not keep_images:
+                item.pixels = None  # only pictures need the pixels; free them before the writer's queue
+            writer.put(item)
     finally:
         writer.close()
 
@@ -310,7 +303,8 @@ def _predict(
             raise CommandError(str(error)) from None
         if is_main:
             announce_demo_model()
-    face_pipeline = load_pipeline(model, device, args.dtype)
+    check_device(args.detector_device)
+    face_pipeline = load_pipeline(model, device, args.dtype, args.detector_device)
     if args.compile if args.compile is not None else face_pipeline.device.type == "cuda":
         # Batches padded to --batch-size faces: one compiled graph per crop size (with CUDA graphs on CUDA).
         install_fixed_shape_forward(face_pipeline.model, args.batch_size, default_compile_mode(face_pipeline.device),
@@ -404,6 +398,11 @@ def add_predict_command(subparsers) -> argparse.ArgumentParser:
     predict.add_argument("--decode", choices=["auto", "pil", "device"], default="auto",
                          help="JPEGs decoded by Pillow, or by nvJPEG on the CUDA --device (auto: on CUDA)")  # fmt: skip
     predict.add_argument("--device", help="torch device, e.g. cuda:0 (default: CPU)")
+    predict.add_argument(
+        "--detector-device",
+        help="where the face detector runs (default: the --device; on the CPU through onnxruntime on the decoding "
+        "threads, on a GPU batched in torch on the decoded pixels there)",
+    )
     predict.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                          help="weights and activations; bfloat16 is faster on recent CPUs and GPUs")  # fmt: skip
     predict.add_argument("--compile", action=argparse.BooleanOptionalAction,

@@ -1,5 +1,6 @@
-"""Streaming stages of `faceptor predict`: images decoded ahead on worker threads, results written behind on a
-writer thread, both through bounded buffers and in input order, so memory stays flat however many images."""
+"""The writing end of `faceptor predict`, behind the streaming engine (`faceptor.processing.streaming`): results
+written on a writer thread and pictures drawn on threads, through bounded buffers and in input order, so memory
+stays flat however many images; and the decoder that keeps JPEGs on the GPU (nvJPEG)."""
 
 from __future__ import annotations
 
@@ -8,32 +9,21 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..processing.image_loading import MIN_IMAGE_SIDE, ImageLoadError, load_image
+from ..processing.image_loading import MIN_IMAGE_SIDE, load_image
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
 
-@dataclass
-class Item:
-    """One input on its way through the stages: its place in the input, its path, its decoded pixels (None
-    once they are no longer needed) and, after decoding failed or the model ran, its result dict."""
-
-    index: int
-    path: str
-    image: np.ndarray | None = None
-    result: dict[str, Any] | None = field(default=None, repr=False)
-    detections: list | None = field(default=None, repr=False)  # found on the decoding thread, when asked
-
-
-def decode_on_device(path: str, device: str) -> np.ndarray:
-    """A JPEG decoded by nvJPEG on `device` (EXIF turned, any mode to RGB), as an (H, W, 3) uint8 host array.
+def decode_on_device(path: str, device: str) -> np.ndarray | torch.Tensor:
+    """A JPEG decoded by nvJPEG on `device` (EXIF turned, any mode to RGB), as a (3, H, W) uint8 tensor that stays
+    there (the detector and the crops read it in place; no pixel crosses to the host before the results).
     Anything else, or anything nvJPEG refuses, goes through `load_image`, whose typed errors name the file."""
     from PIL import Image
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
@@ -47,13 +37,12 @@ def decode_on_device(path: str, device: str) -> np.ndarray:
         pixels = decode_jpeg(read_file(path), mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
     except (OSError, RuntimeError, ValueError, SyntaxError):
         return load_image(path)  # the PIL path says why, in the same words as for any other input
-    array = pixels.permute(1, 2, 0).contiguous().cpu().numpy()
-    if min(array.shape[:2]) < MIN_IMAGE_SIDE:
+    if min(pixels.shape[-2:]) < MIN_IMAGE_SIDE:
         return load_image(path)
-    return array
+    return pixels
 
 
-def make_decoder(decode: str, device: str | None) -> Callable[[str], np.ndarray]:
+def make_decoder(decode: str, device: str | None) -> Callable[[str], np.ndarray | torch.Tensor]:
     """`decode` "pil": Pillow on the CPU (the reference); "device": nvJPEG on the CUDA `device` for JPEGs;
     "auto": "device" when `device` is CUDA and torchvision is installed, else "pil"."""
     on_cuda = device is not None and str(device).startswith("cuda")
@@ -68,61 +57,13 @@ def make_decoder(decode: str, device: str | None) -> Callable[[str], np.ndarray]
     return load_image
 
 
-def _decode_item(
-    index: int, path: str, decoder: Callable[[str], np.ndarray], detect: Callable[[np.ndarray], list] | None
-) -> Item:
-    try:
-        item = Item(index, path, image=decoder(path))
-    except ImageLoadError as error:
-        return Item(index, path, result={"source": path, "error": str(error)})
-    except Exception as error:  # anything else on this file's bytes (out of memory, a decoder's bug) is its error
-        message = f"{path}: cannot decode ({type(error).__name__}: {str(error).strip()[:200]})"
-        return Item(index, path, result={"source": path, "error": message})
-    if detect is not None:
-        try:
-            item.detections = detect(item.image)
-        except Exception:  # the pipeline detects again and reports the failure as this image's error
-            item.detections = None
-    return item
-
-
-def decode_ahead(
-    inputs: Sequence[tuple[int, str]],
-    decoder: Callable[[str], np.ndarray],
-    workers: int,
-    in_flight: int,
-    detect: Callable[[np.ndarray], list] | None = None,
-) -> Iterator[Item]:
-    """`Item`s of `inputs` ((index, path) pairs) in their order, decoded (and, with `detect`, their faces found)
-    by `workers` threads at most `in_flight` images ahead of the consumer (decoding and the detector release the
-    GIL: the threads overlap with inference)."""
-    pending: deque[Future] = deque()
-    upcoming = iter(inputs)
-
-    def submit_next() -> None:
-        if (following := next(upcoming, None)) is not None:
-            pending.append(pool.submit(_decode_item, *following, decoder, detect))
-
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="faceptor-decode") as pool:
-        try:
-            for _ in range(max(1, in_flight)):
-                submit_next()
-            while pending:
-                item = pending.popleft().result()
-                submit_next()  # keep the window full while the consumer works on this item
-                yield item
-        finally:
-            for future in pending:  # the consumer stopped early (error, interrupt): drop the queued decodes
-                future.cancel()
-
-
 class OrderedWriter:
     """Runs `write(item)` on a thread of its own for items put in input order, through a queue of at most
     `capacity` items; an error in the writer is raised again in the caller's `put` or `close`."""
 
     _DONE = object()
 
-    def __init__(self, write: Callable[[Item], None], capacity: int):
+    def __init__(self, write: Callable[[Any], None], capacity: int):
         self._write = write
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, capacity))
         self._error: BaseException | None = None
@@ -137,7 +78,7 @@ class OrderedWriter:
                 except BaseException as error:  # handed to the main thread, which reports it
                     self._error = error
 
-    def put(self, item: Item) -> None:
+    def put(self, item: Any) -> None:
         while True:
             self._raise_if_failed()
             try:

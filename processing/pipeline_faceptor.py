@@ -24,6 +24,7 @@ from transformers.pipelines.base import ChunkPipeline
 from .image_loading import ImageLoadError, describe_source, load_image
 from .image_processing_faceptor import FaceptorImageProcessor
 from .mask_encoding import runs_to_json
+from .streaming import DEFAULT_IMAGES_IN_FLIGHT, DEFAULT_WORKERS, stream_faces
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +83,18 @@ class FacePerceptionPipeline(ChunkPipeline):
     `expression` {label: probability}, `attributes` {name: probability}, `embedding` (L2-normalised).
 
     Arguments per call: `boxes` (per image a list of [x0, y0, x1, y1], or None for "whole image is a
-    face"), `tasks` (names; all by default), `detector` ("auto": the bundled detector when
-    `faceptor[detect]` is installed, else the whole image; `None`: the whole image; or a callable taking
-    an (H, W, 3) uint8 RGB array and returning boxes or objects with `.box`/`.score`), `batch_size`
-    (faces per forward pass, from any images; 8 by default), `num_workers` (loading and detection in a
-    `DataLoader` worker; the base class allows at most one for a chunk pipeline). A bad input in a list (or a
-    generator, streamed) gives `{"source", "error"}` in its place; a single bad input raises `ImageLoadError`.
+    face"), `tasks` (names; all by default), `detector` ("auto": the bundled MTCNN when `faceptor[detect]`
+    is installed, else the whole image; `None`: the whole image; or a callable taking an (H, W, 3) uint8 RGB
+    array and returning boxes or objects with `.box`/`.score`), `batch_size` (faces per forward pass, from any
+    images; 8 by default), `num_workers` (threads decoding a list's or generator's images, and detecting on the
+    CPU). A bad input in a list (or a generator, streamed) gives `{"source", "error"}` in its place; a single bad
+    input raises `ImageLoadError`.
+
+    Where "auto" detects: on the model's device. With the model on a GPU (any non-CPU device) the cascade runs
+    there in torch, batched over the images in flight and fed by their pixels already on the device; on the CPU
+    it runs through onnxruntime (faster there) on the decoding threads, beside the model. `detector_device`
+    (at construction) puts it elsewhere. Lists and generators go through the streaming engine
+    (`processing/streaming.py`), the same as `faceptor predict`, videos and the demo.
     """
 
     _load_processor = False
@@ -96,13 +103,20 @@ class FacePerceptionPipeline(ChunkPipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def __init__(self, *args, detector: str | Callable | None = "auto", **kwargs):
+    def __init__(
+        self,
+        *args,
+        detector: str | Callable | None = "auto",
+        detector_device: str | torch.device | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if self.image_processor is None:
             self.image_processor = FaceptorImageProcessor()
         if self._batch_size is None:
             self._batch_size = DEFAULT_BATCH_SIZE
         self.default_detector = detector
+        self.detector_device = None if detector_device is None else torch.device(detector_device)
         self._detector_cache: dict[str, Callable | None] = {}
 
     def _sanitize_parameters(self, tasks=None, detector=_UNSET, boxes=None, on_error=None, **unexpected):
@@ -130,27 +144,43 @@ class FacePerceptionPipeline(ChunkPipeline):
             if boxes is not None:
                 raise ValueError("boxes are per image; a video's faces are found in each frame")
             return frames
-        # The base class cannot do two things this pipeline needs, so they are done here, before it runs:
-        # per-image boxes (its call parameters are the same for every input, so each image travels with its
-        # boxes, as zero-shot object detection packs image and labels) and recording a bad input of a list in
-        # its place (it raises from `preprocess` and loses the whole list; `preprocess` cannot tell one input
-        # from a list's, as the base class hands a single input to the chunk iterator as a list of one).
         if isinstance(inputs, tuple):
             inputs = list(inputs)
-        streamed = isinstance(inputs, (types.GeneratorType, torch.utils.data.Dataset))
+        if isinstance(inputs, torch.utils.data.Dataset):
+            inputs = (inputs[index] for index in range(len(inputs)))
+        streamed = isinstance(inputs, types.GeneratorType)
         if not isinstance(inputs, list) and not streamed:
             if boxes is not None:
                 inputs = {"image": inputs, "boxes": boxes}
             return super().__call__(inputs, **kwargs)
+        # Several images: the streaming engine (decoding ahead, detection where it is fastest, faces of many images
+        # per forward pass), each image travelling with its own boxes, a bad one recorded in its place.
         if boxes is not None:
             if not streamed and len(boxes) != len(inputs):
                 raise ValueError(f"Got boxes for {len(boxes)} images but {len(inputs)} images.")
-            packed = ({"image": item, "boxes": item_boxes} for item, item_boxes in zip(inputs, boxes, strict=True))
-            inputs = packed if streamed else list(packed)
-        if isinstance(inputs, list) and not inputs:
-            self._sanitize_parameters(**kwargs)  # still the caller's errors
+            inputs = ({"image": item, "boxes": item_boxes} for item, item_boxes in zip(inputs, boxes, strict=True))
+        workers = kwargs.pop("num_workers", None) or DEFAULT_WORKERS
+        batch_size = kwargs.pop("batch_size", None) or self._batch_size
+        detector = kwargs.pop("detector", self.default_detector)
+        self._sanitize_parameters(detector=detector, **kwargs)  # the caller's errors, before any image is read
+        items = stream_faces(
+            self,
+            inputs,
+            tasks=kwargs.get("tasks"),
+            detector=detector,
+            batch_size=batch_size,
+            workers=workers,
+            images_in_flight=max(DEFAULT_IMAGES_IN_FLIGHT, batch_size),
+        )
+        results = (item.result for item in items)
+        return results if streamed else list(results)
+
+    def run_images(self, images: list[dict], **kwargs: Any) -> list[dict]:
+        """The engine's chunk through the base class: decoded images (`{"pixels", "boxes", "detections",
+        "source"}`) -> their result dicts in order, a failure recorded in its image's place."""
+        if not images:
             return []
-        return super().__call__(inputs, on_error="record", **kwargs)
+        return super().__call__(images, on_error="record", **kwargs)
 
     @classmethod
     def portable_registration(cls) -> dict:
@@ -179,24 +209,36 @@ class FacePerceptionPipeline(ChunkPipeline):
             return detector, "custom_detector"
         if detector != "auto":
             raise ValueError(f"detector must be 'auto', None or a callable, got {detector!r}")
-        if "auto" not in self._detector_cache:
+        device = self.detector_device or self.device
+        key = f"auto:{device}"
+        if key not in self._detector_cache:
             try:
                 from .detection import DetectorUnavailable, load_default_detector
 
-                self._detector_cache["auto"] = load_default_detector()
+                # On the model's device: no pixel leaves it before the results (onnxruntime where that is the CPU).
+                self._detector_cache[key] = load_default_detector(device=device)
             except (ImportError, DetectorUnavailable) as error:
                 logger.warning("No face detector (%s); each image is taken as one face.", error)
-                self._detector_cache["auto"] = None
-        found = self._detector_cache["auto"]
+                self._detector_cache[key] = None
+        found = self._detector_cache[key]
         return found, "detector" if found is not None else "whole_image"
 
     @staticmethod
-    def detect(detector: Callable, images: Sequence[np.ndarray]) -> list[list[tuple[list[float], float | None]]]:
+    def detect(
+        detector: Callable, images: Sequence[np.ndarray | torch.Tensor]
+    ) -> list[list[tuple[list[float], float | None]]]:
         """Per image its faces as (box, score): through the detector's `detect_batch(images)` when it has one
-        (many images in one call, on its device), else one `detector(image)` call per image. `preprocess` calls
-        it with one image; a detector that batches can be handed every image of a call here."""
+        (many images in one call, on its device, as (H, W, 3) views of the pixels where they are), else one
+        `detector(image)` call per image on an (H, W, 3) uint8 array. `images`: (H, W, 3) uint8 arrays or
+        (3, H, W) uint8 tensors (the engine's decoded pixels, on any device)."""
         batch = getattr(detector, "detect_batch", None)
-        found = batch(list(images)) if batch is not None else [detector(image) for image in images]
+        if batch is not None:
+            found = batch([image.permute(1, 2, 0) if isinstance(image, torch.Tensor) else image for image in images])
+        else:
+            found = [
+                detector(image.permute(1, 2, 0).cpu().numpy() if isinstance(image, torch.Tensor) else image)
+                for image in images
+            ]
         return [
             [
                 (
@@ -213,21 +255,23 @@ class FacePerceptionPipeline(ChunkPipeline):
     def preprocess(self, inputs, boxes=None, detector=_UNSET, on_error: str = "raise"):
         """One image -> one item per face (the last marked `is_last`), or a single face-less item carrying the
         image's warning or error."""
-        image, detections, source = inputs, None, None
-        if isinstance(inputs, dict) and "image" in inputs:
-            # `detections`: the faces `detect` found beforehand (e.g. on a decoding thread, beside the model);
-            # `source`: the name of already decoded pixels (their file), for the result and its error lines
-            image, boxes, detections = inputs["image"], inputs.get("boxes", boxes), inputs.get("detections")
-            source = inputs.get("source")
+        image, detections, source, pixels = inputs, None, None, None
+        if isinstance(inputs, dict) and ("image" in inputs or "pixels" in inputs):
+            # From the engine: `pixels` already decoded ((3, H, W) uint8, on any device); `detections`, the faces
+            # `detect` found beforehand (by a detector of `box_source`'s kind); `source`, the name of the input,
+            # for the result and its error lines.
+            image, boxes, detections = inputs.get("image"), inputs.get("boxes", boxes), inputs.get("detections")
+            source, pixels = inputs.get("source"), inputs.get("pixels")
         info = {"source": source or describe_source(image)}
-        try:
-            array = load_image(image)
-        except ImageLoadError as error:
-            if on_error == "raise":
-                raise
-            yield self._faceless_item({**info, "error": str(error)})
-            return
-        height, width = array.shape[:2]
+        if pixels is None:
+            try:
+                pixels = torch.from_numpy(np.ascontiguousarray(load_image(image))).permute(2, 0, 1)
+            except ImageLoadError as error:
+                if on_error == "raise":
+                    raise
+                yield self._faceless_item({**info, "error": str(error)})
+                return
+        height, width = pixels.shape[-2:]
         info["image_size"] = [width, height]
         try:
             if boxes is not None:
@@ -235,10 +279,10 @@ class FacePerceptionPipeline(ChunkPipeline):
                     boxes = [boxes]  # one flat [x0, y0, x1, y1] box
                 faces, box_source = [([float(v) for v in box], None) for box in boxes], "given"
             elif detections is not None:
-                faces, box_source = detections, "detector"
+                faces, box_source = detections, inputs.get("box_source", "detector")
             else:
                 found, box_source = self.resolve_detector(self.default_detector if detector == _UNSET else detector)
-                faces = self.detect(found, [array])[0] if found is not None else [([0.0, 0.0, width, height], None)]
+                faces = self.detect(found, [pixels])[0] if found is not None else [([0.0, 0.0, width, height], None)]
             whole = box_source == "whole_image"
             if faces:
                 # Validated here, where a bad box is still this image's error.
@@ -252,7 +296,7 @@ class FacePerceptionPipeline(ChunkPipeline):
         if not faces:
             yield self._faceless_item(info)
             return
-        shared = _Image(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
+        shared = _Image(pixels)
         for index, (box, score) in enumerate(faces):
             yield {
                 "face_box": torch.tensor([box], dtype=torch.float64),

@@ -14,7 +14,7 @@ from conftest import run_cli
 from faceptor.commands.parquet_output import ParquetRecordWriter, read_records
 from faceptor.commands.result_json import json_line
 from faceptor.commands.sharding import merge_parts, part_path, shard, write_part_line
-from faceptor.commands.streaming import Item
+from faceptor.processing.streaming import StreamItem
 
 pq = pytest.importorskip("pyarrow.parquet", reason="Parquet output needs pyarrow: pip install 'faceptor[video]'")
 
@@ -125,7 +125,7 @@ def test_a_run_that_fails_leaves_no_parquet_file_or_the_earlier_one_untouched(mo
     target.write_bytes(b"an earlier run's file")
 
     def dies(face_pipeline, inputs, sink, **options):
-        sink(Item(0, str(ASTRONAUT), result={"source": str(ASTRONAUT), "faces": []}))  # half the run written
+        sink(StreamItem(0, str(ASTRONAUT), result={"source": str(ASTRONAUT), "faces": []}))  # half the run written
         raise RuntimeError("killed")
 
     monkeypatch.setattr(predict, "predict_stream", dies)

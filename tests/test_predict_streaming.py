@@ -21,8 +21,9 @@ from transformers import pipeline
 from conftest import run_cli
 from faceptor.commands.predict import predict_stream
 from faceptor.commands.sharding import merge_parts, part_path, shard, write_part_line
-from faceptor.commands.streaming import Item, OrderedWriter, decode_ahead, decode_on_device, make_decoder
+from faceptor.commands.streaming import OrderedWriter, decode_on_device, make_decoder
 from faceptor.processing.image_loading import ImageLoadError, load_image
+from faceptor.processing.streaming import StreamItem, as_pixels, decode_ahead
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 
@@ -55,14 +56,14 @@ def test_decoding_keeps_input_order_and_stays_within_its_window():
 
     paths = [f"{index}.png" if index % 7 else "bad" for index in range(60)]
     seen = []
-    for item in decode_ahead(list(enumerate(paths)), decoder, workers=4, in_flight=5):
+    for item in decode_ahead(paths, decoder, workers=4, in_flight=5):
         seen.append(item)
-        if item.image is not None:
+        if item.pixels is not None:
             with lock:
                 live[0] -= 1  # the consumer is done with it
     assert [item.index for item in seen] == list(range(60))
-    assert [item.path for item in seen] == paths
-    assert all((item.result is not None) == (item.path == "bad") for item in seen)
+    assert [item.input for item in seen] == paths
+    assert all((item.result is not None) == (item.input == "bad") for item in seen)
     assert seen[0].result == {"source": "bad", "error": "bad: not an image"}
     assert most[0] <= 5  # never more decoded than the window, however fast the workers
 
@@ -76,7 +77,8 @@ def test_jpegs_decoded_by_torchvision_match_pillow_and_other_inputs_fall_back(ph
         exif[0x0112] = 6  # "rotate 90° clockwise to view"
         image.save(turned, exif=exif, quality=95)
     for path in (str(ASTRONAUT), str(turned), photos[1]):  # JPEG, EXIF-turned JPEG, PNG
-        decoded, reference = decode_on_device(path, "cpu"), load_image(path)
+        decoded, reference = as_pixels(decode_on_device(path, "cpu")), load_image(path)
+        decoded = decoded.permute(1, 2, 0).numpy()  # the engine's (3, H, W) pixels, as Pillow's (H, W, 3)
         assert decoded.shape == reference.shape and decoded.dtype == np.uint8
         assert np.abs(decoded.astype(int) - reference).mean() < 1.0
     broken = next(path for path in photos if "broken" in path)
@@ -95,19 +97,22 @@ def test_a_failing_writer_stops_the_producer():
     writer = OrderedWriter(write, capacity=2)
     with pytest.raises(OSError, match="disk full"):
         for index in range(1000):  # would block for ever on the full queue if the error were not noticed
-            writer.put(Item(index, f"{index}.jpg"))
+            writer.put(StreamItem(index, f"{index}.jpg"))
         writer.close()
 
 
 class FakePipeline:
-    """The pipeline's call contract on arrays: one result per input, in order, two faces per image."""
+    """The engine's contract with a pipeline, on decoded images: one result per image, in order, two faces each."""
 
     def __init__(self):
         self.calls = []
 
-    def __call__(self, inputs, tasks=None, detector=None, batch_size=None):
-        self.calls.append((len(inputs), batch_size))
-        return [{"source": "array", "faces": [{"box": [0, 0, 1, 1]}] * 2} for _ in inputs]
+    def resolve_detector(self, detector):
+        return None, "whole_image"
+
+    def run_images(self, images, tasks=None, detector=None, batch_size=None):
+        self.calls.append((len(images), batch_size))
+        return [{"source": image["source"], "faces": [{"box": [0, 0, 1, 1]}] * 2} for image in images]
 
 
 def test_memory_stays_flat_over_many_images():
@@ -119,7 +124,7 @@ def test_memory_stays_flat_over_many_images():
             live[0] -= 1
 
     def decoder(path):
-        image = np.zeros((1024, 1024), np.uint8)
+        image = np.zeros((1024, 1024, 1), np.uint8)
         with lock:
             live[0] += 1
             most[0] = max(most[0], live[0])
@@ -248,7 +253,7 @@ def test_a_run_that_dies_leaves_the_earlier_output_whole(model_dir, tmp_path, mo
     target.write_text("an earlier run's line\n")
 
     def dies(face_pipeline, inputs, sink, **options):
-        sink(Item(0, str(ASTRONAUT), result={"source": str(ASTRONAUT), "faces": []}))  # half the run written
+        sink(StreamItem(0, str(ASTRONAUT), result={"source": str(ASTRONAUT), "faces": []}))  # half the run written
         raise RuntimeError("killed")
 
     monkeypatch.setattr(predict, "predict_stream", dies)

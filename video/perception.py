@@ -1,6 +1,7 @@
-"""Every task of a face-perception pipeline on a video: frames decoded on a background thread, faces found on
-worker threads beside the model, the faces of many frames batched through it, then tracked (and optionally
-smoothed) in frame order. A generator: memory stays flat however long the video."""
+"""Every task of a face-perception pipeline on a video: frames decoded on a background thread and fed to the
+streaming engine (`faceptor.processing.streaming`, as photos are: faces found where the detector is fastest, the
+faces of many frames batched through the model), then tracked (and optionally smoothed) in frame order. A
+generator: memory stays flat however long the video."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..commands.streaming import Item, decode_ahead
+from ..processing.streaming import stream_faces
 from .reading import DEFAULT_FRAMES_AHEAD, Frame, VideoError, read_frames
 from .smoothing import FaceSmoother
 from .tracking import FaceTracker
@@ -47,44 +48,35 @@ def perceive_video(
 
     ahead = min(DEFAULT_FRAMES_AHEAD, frames_in_flight)  # a small buffer: decode_ahead holds the rest in flight
 
-    def frames_until_broken() -> Iterator[tuple[int, Frame]]:
+    def frames_until_broken() -> Iterator[Frame]:
         try:
-            for frame in read_frames(source, every=every, fps=fps, frames_ahead=ahead):
-                yield frame.index, frame
+            yield from read_frames(source, every=every, fps=fps, frames_ahead=ahead)
         except VideoError as error:  # raised once every frame that decoded has been through the model
             broken.append(error)
 
-    # The detector runs on the decoding threads, beside the model, and hands its faces to the pipeline.
-    resolve = getattr(face_pipeline, "resolve_detector", None)
-    found = resolve(detector)[0] if resolve is not None and detector is not None else None
-    detect = (lambda image: face_pipeline.detect(found, [image])[0]) if found is not None else None
-    per_call = max(1, min(batch_size, frames_in_flight))
-
-    def run(chunk: list[Item]) -> Iterator[tuple[Frame, dict[str, Any]]]:
-        images = [item.image if item.detections is None else {"image": item.image, "detections": item.detections}
-                  for item in chunk]  # fmt: skip
-        results = face_pipeline(images, tasks=tasks, detector=detector, batch_size=batch_size)
-        for item, result in zip(chunk, results, strict=True):
-            frame: Frame = item.path  # decode_ahead's "path" is whatever its decoder takes: here the frame
-            if "error" in result:
-                raise VideoError(f"{source}: frame {frame.index}: {result['error']}")
-            faces = result["faces"]
-            embeddings = [face["embedding"] for face in faces] if all("embedding" in f for f in faces) else None
-            ids = tracker.update([face["box"] for face in faces], frame.time_s, embeddings)
-            faces = [{"track_id": track_id, **face} for track_id, face in zip(ids, faces, strict=True)]
-            if smoother is not None:
-                smoother.smooth(faces, frame.time_s)
-            yield frame, {"source": source, "frame": frame.index, "time_s": frame.time_s,
-                          "image_size": result["image_size"], "faces": faces}  # fmt: skip
-
-    chunk: list[Item] = []
-    for item in decode_ahead(frames_until_broken(), _frame_pixels, workers, frames_in_flight, detect):
-        chunk.append(item)
-        if len(chunk) == per_call:
-            yield from run(chunk)
-            chunk = []
-    if chunk:
-        yield from run(chunk)
+    items = stream_faces(
+        face_pipeline,
+        frames_until_broken(),
+        tasks=tasks,
+        detector=detector,
+        batch_size=batch_size,
+        images_in_flight=frames_in_flight,
+        workers=workers,
+        decoder=_frame_pixels,
+    )
+    for item in items:
+        frame: Frame = item.input
+        result = item.result
+        if "error" in result:
+            raise VideoError(f"{source}: frame {frame.index}: {result['error']}")
+        faces = result["faces"]
+        embeddings = [face["embedding"] for face in faces] if all("embedding" in f for f in faces) else None
+        ids = tracker.update([face["box"] for face in faces], frame.time_s, embeddings)
+        faces = [{"track_id": track_id, **face} for track_id, face in zip(ids, faces, strict=True)]
+        if smoother is not None:
+            smoother.smooth(faces, frame.time_s)
+        record = {"source": source, "frame": frame.index, "time_s": frame.time_s}
+        yield frame, {**record, "image_size": result["image_size"], "faces": faces}
     if broken:
         raise broken[0]
 
