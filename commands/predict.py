@@ -14,7 +14,7 @@ import torch
 
 from ..demo_model import announce_demo_model, demo_model_path
 from ..processing.image_loading import image_suffixes
-from ..processing.streaming import StreamItem, stream_faces
+from ..processing.streaming import StreamItem, make_decoder, stream_faces
 from ..video.reading import VIDEO_SUFFIXES
 from ..visualization.drawing import draw_result, save_picture
 from .compiled_inference import default_compile_mode, install_fixed_shape_forward
@@ -44,7 +44,7 @@ from .sharding import (
     share_from_main,
     write_part_line,
 )
-from .streaming import BoundedPictureSaver, OrderedWriter, Throughput, make_decoder
+from .streaming import BoundedPictureSaver, OrderedWriter, Throughput
 
 EXIT_CODES = """exit status:
   0  every input was processed (images without a face included: their record has "faces": [])

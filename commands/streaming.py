@@ -1,10 +1,9 @@
 """The writing end of `faceptor predict`, behind the streaming engine (`faceptor.processing.streaming`): results
 written on a writer thread and pictures drawn on threads, through bounded buffers and in input order, so memory
-stays flat however many images; and the decoder that keeps JPEGs on the GPU (nvJPEG)."""
+stays flat however many images."""
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -12,49 +11,6 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-
-import numpy as np
-import torch
-
-from ..processing.image_loading import MIN_IMAGE_SIDE, load_image
-
-JPEG_SUFFIXES = {".jpg", ".jpeg"}
-
-
-def decode_on_device(path: str, device: str) -> np.ndarray | torch.Tensor:
-    """A JPEG decoded by nvJPEG on `device` (EXIF turned, any mode to RGB), as a (3, H, W) uint8 tensor that stays
-    there (the detector and the crops read it in place; no pixel crosses to the host before the results).
-    Anything else, or anything nvJPEG refuses, goes through `load_image`, whose typed errors name the file."""
-    from PIL import Image
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
-
-    if os.path.splitext(path)[1].lower() not in JPEG_SUFFIXES:
-        return load_image(path)
-    try:
-        with Image.open(path) as header:  # header only: format and size, for the decompression-bomb limit
-            if header.format != "JPEG" or header.width * header.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
-                return load_image(path)
-        pixels = decode_jpeg(read_file(path), mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
-    except (OSError, RuntimeError, ValueError, SyntaxError):
-        return load_image(path)  # the PIL path says why, in the same words as for any other input
-    if min(pixels.shape[-2:]) < MIN_IMAGE_SIDE:
-        return load_image(path)
-    return pixels
-
-
-def make_decoder(decode: str, device: str | None) -> Callable[[str], np.ndarray | torch.Tensor]:
-    """`decode` "pil": Pillow on the CPU (the reference); "device": nvJPEG on the CUDA `device` for JPEGs;
-    "auto": "device" when `device` is CUDA and torchvision is installed, else "pil"."""
-    on_cuda = device is not None and str(device).startswith("cuda")
-    if decode == "device" and not on_cuda:
-        raise ValueError("--decode device needs a CUDA --device")
-    if decode == "auto":
-        import importlib.util
-
-        decode = "device" if on_cuda and importlib.util.find_spec("torchvision") is not None else "pil"
-    if decode == "device":
-        return lambda path: decode_on_device(path, str(device))
-    return load_image
 
 
 class OrderedWriter:

@@ -24,7 +24,7 @@ from transformers.pipelines.base import ChunkPipeline
 from .image_loading import ImageLoadError, describe_source, load_image
 from .image_processing_faceptor import FaceptorImageProcessor
 from .mask_encoding import runs_to_json
-from .streaming import DEFAULT_IMAGES_IN_FLIGHT, DEFAULT_WORKERS, stream_faces
+from .streaming import DEFAULT_IMAGES_IN_FLIGHT, DEFAULT_WORKERS, make_decoder, stream_faces
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ class FacePerceptionPipeline(ChunkPipeline):
     there in torch, batched over the images in flight and fed by their pixels already on the device; on the CPU
     it runs through onnxruntime (faster there) on the decoding threads, beside the model. `detector_device`
     (at construction) puts it elsewhere. Lists and generators go through the streaming engine
-    (`processing/streaming.py`), the same as `faceptor predict`, videos and the demo.
+    (`processing/streaming.py`), the same as `faceptor predict`, videos and the demo; with the model on a GPU
+    their JPEG files are decoded there (nvJPEG) and stay there.
     """
 
     _load_processor = False
@@ -171,6 +172,7 @@ class FacePerceptionPipeline(ChunkPipeline):
             batch_size=batch_size,
             workers=workers,
             images_in_flight=max(DEFAULT_IMAGES_IN_FLIGHT, batch_size),
+            decoder=make_decoder("auto", str(self.device)),  # JPEG files by nvJPEG when the model is on a GPU
         )
         results = (item.result for item in items)
         return results if streamed else list(results)

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .image_loading import ImageLoadError, describe_source, load_image
+from .image_loading import MIN_IMAGE_SIDE, ImageLoadError, describe_source, load_image
 
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
 DEFAULT_IMAGES_IN_FLIGHT = 16  # decoded images held ahead of the model (bounds memory)
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # decoding (and CPU detection) threads
 
@@ -54,6 +55,42 @@ def as_pixels(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image
     return torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+
+
+def decode_on_device(path: str | os.PathLike | Any, device: str) -> np.ndarray | torch.Tensor:
+    """A JPEG decoded by nvJPEG on `device` (EXIF turned, any mode to RGB), as a (3, H, W) uint8 tensor that stays
+    there (the detector and the crops read it in place; no pixel crosses to the host before the results).
+    Anything else, or anything nvJPEG refuses, goes through `load_image`, whose typed errors name the file."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    if not isinstance(path, (str, os.PathLike)) or os.path.splitext(path)[1].lower() not in JPEG_SUFFIXES:
+        return load_image(path)  # a PIL image, an array, another format: decoded as everywhere else
+    try:
+        with Image.open(path) as header:  # header only: format and size, for the decompression-bomb limit
+            if header.format != "JPEG" or header.width * header.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                return load_image(path)
+        pixels = decode_jpeg(read_file(path), mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+    except (OSError, RuntimeError, ValueError, SyntaxError):
+        return load_image(path)  # the PIL path says why, in the same words as for any other input
+    if min(pixels.shape[-2:]) < MIN_IMAGE_SIDE:
+        return load_image(path)
+    return pixels
+
+
+def make_decoder(decode: str, device: str | None) -> Callable[[str], np.ndarray | torch.Tensor]:
+    """`decode` "pil": Pillow on the CPU (the reference); "device": nvJPEG on the CUDA `device` for JPEGs;
+    "auto": "device" when `device` is CUDA and torchvision is installed, else "pil"."""
+    on_cuda = device is not None and str(device).startswith("cuda")
+    if decode == "device" and not on_cuda:
+        raise ValueError("--decode device needs a CUDA --device")
+    if decode == "auto":
+        import importlib.util
+
+        decode = "device" if on_cuda and importlib.util.find_spec("torchvision") is not None else "pil"
+    if decode == "device":
+        return lambda path: decode_on_device(path, str(device))
+    return load_image
 
 
 def _unpack(given: Any) -> tuple[Any, Any, str | None]:
@@ -176,4 +213,12 @@ def stream_faces(
         yield from run(chunk)
 
 
-__all__ = ["StreamItem", "as_pixels", "decode_ahead", "detects_on_device", "stream_faces"]
+__all__ = [
+    "StreamItem",
+    "as_pixels",
+    "decode_ahead",
+    "decode_on_device",
+    "detects_on_device",
+    "make_decoder",
+    "stream_faces",
+]

@@ -21,9 +21,9 @@ from transformers import pipeline
 from conftest import run_cli
 from faceptor.commands.predict import predict_stream
 from faceptor.commands.sharding import merge_parts, part_path, shard, write_part_line
-from faceptor.commands.streaming import OrderedWriter, decode_on_device, make_decoder
+from faceptor.commands.streaming import OrderedWriter
 from faceptor.processing.image_loading import ImageLoadError, load_image
-from faceptor.processing.streaming import StreamItem, as_pixels, decode_ahead
+from faceptor.processing.streaming import StreamItem, as_pixels, decode_ahead, decode_on_device, make_decoder
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 
