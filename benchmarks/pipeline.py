@@ -1,6 +1,7 @@
-"""Images and faces per second of streaming `faceptor predict` (`predict_stream`: decoding threads, the
-`face-perception` pipeline with the bundled detector ON, a writer thread) on a folder of real photos, where the
-time goes (load / detect / crop / model / post-process / write), and the model alone at the same batch.
+"""Images and faces per second of streaming `faceptor predict` (`predict_stream`: the streaming engine's decoding
+threads, the `face-perception` pipeline with the bundled detector ON, a writer thread) and of `pipeline(paths)`
+(the same engine) on a folder of real photos, where the time goes (load / detect / crop / model / post-process /
+write), the time outside `model.forward`, and the model alone at the same batch.
 
     python benchmarks/pipeline.py [--models demo base] [--devices cpu cuda] [--images 48] [--base-images 6]
                                   [--batch-size 8] [--threads N] [--recipe-cache outputs/demo_model_cache]
@@ -158,6 +159,12 @@ def measure(model_dir: str, device: str, images: list[str], args) -> dict:
         predict_stream(face_pipeline, list(enumerate(images)), sink, **options)
         wall = time.perf_counter() - start
         shares = {stage: clock.totals[stage] / wall for stage in STAGES}  # before the runs below add to them
+        # The same photos through `pipeline(paths)`, the same engine without the writer.
+        clock.totals.clear()
+        start = time.perf_counter()
+        face_pipeline(images, detector=detector, batch_size=args.batch_size, num_workers=args.workers)
+        pipeline_wall = time.perf_counter() - start
+        pipeline_outside = 1 - clock.totals["model"] / pipeline_wall
     sequential = None
     if args.sequential:  # the loop `faceptor predict` ran before streaming: decode, infer, write, in turn
         faces[0] = 0
@@ -177,6 +184,8 @@ def measure(model_dir: str, device: str, images: list[str], args) -> dict:
         "shares": shares,
         "model-only faces/s": model_only,
         "sequential images/s": sequential,
+        "pipeline images/s": len(images) / pipeline_wall,
+        "outside forward": (1 - shares["model"], pipeline_outside),
     }
 
 
@@ -218,6 +227,9 @@ def main() -> None:
             ratio = row["faces/s"] / row["model-only faces/s"]
             print(f"| {name} | {device} | {count} | {row['faces']} | {row['images/s']:.2f} | {row['faces/s']:.2f} | "
                   f"{shares} | {row['model-only faces/s']:.2f} | {ratio:.0%} |", flush=True)  # fmt: skip
+            outside = row["outside forward"]
+            print(f"  pipeline(paths): {row['pipeline images/s']:.2f} images/s; time outside model.forward: "
+                  f"predict stream {outside[0]:.0%}, pipeline(paths) {outside[1]:.0%}", flush=True)
             if row["sequential images/s"] is not None:
                 print(f"  (before streaming: {row['sequential images/s']:.2f} images/s)", flush=True)
 
