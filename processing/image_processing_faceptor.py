@@ -90,7 +90,9 @@ def _per_channel(value: float | Sequence[float]) -> list[float]:
 
 
 def common_to_group_settings(
-    size: Any = None, image_mean: float | Sequence[float] | None = None, image_std: float | Sequence[float] | None = None
+    size: Any = None,
+    image_mean: float | Sequence[float] | None = None,
+    image_std: float | Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """transformers' common `size`, `image_mean` and `image_std` as the settings of every crop group."""
     values: dict[str, Any] = {}
