@@ -628,24 +628,21 @@ def check_loaded_weights(
 
 class CheckedLoadingMixin:
     """`from_pretrained` as transformers' (missing tensors initialised, listed in `output_loading_info` and warned
-    about by name), except when the pipeline factory loads the model from a name: a pipeline gives answers, so there
-    it refuses weights that would silently give wrong ones (see [`check_loaded_weights`]), as the CLI's loader does.
+    about by name), which also records the missing tensors' names on the model (`_missing_keys_at_load`): the
+    face-perception pipeline refuses such a model, as the CLI's loader does (see [`check_loaded_weights`]).
     Listed before `PreTrainedModel` in a model's bases."""
 
     @classmethod
-    def from_pretrained(cls, *args: Any, allow_missing_weights: bool | None = None, **kwargs: Any):
-        """`PreTrainedModel.from_pretrained`. `allow_missing_weights=False` (the default only under `pipeline(...)`,
-        which opts out with `model_kwargs={"allow_missing_weights": True}`) raises a `ValueError` naming any tensor
-        missing from the checkpoint; under a pipeline NaN or inf weights are refused too."""
-        from_pipeline = kwargs.get("_from_pipeline") is not None
-        if allow_missing_weights is None:
-            allow_missing_weights = not from_pipeline
-        if allow_missing_weights and not from_pipeline:
-            return super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, *args: Any, allow_missing_weights: bool = True, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`; `allow_missing_weights=False` raises a `ValueError` naming any tensor
+        missing from the checkpoint or holding NaN or inf instead of warning."""
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        source = str(args[0]) if args else str(kwargs.get("pretrained_model_name_or_path"))
-        check_loaded_weights(model, loading_info["missing_keys"], source, allow_missing_weights)
+        # Read by the pipeline, which gives answers and so refuses a model that was not wholly loaded.
+        model._missing_keys_at_load = sorted(loading_info["missing_keys"])
+        if not allow_missing_weights:
+            source = str(args[0]) if args else str(kwargs.get("pretrained_model_name_or_path"))
+            check_loaded_weights(model, loading_info["missing_keys"], source)
         return (model, loading_info) if output_loading_info else model
 
 

@@ -21,7 +21,7 @@ def coordinate_image(height=200, width=300):
 
 def test_crops_are_squares_around_the_box_in_original_pixels():
     processor = FaceptorImageProcessor(dense_size=64, face_size=32)
-    out = processor(coordinate_image(), boxes=[[40, 50, 120, 110]])
+    out = processor(coordinate_image(), boxes=[[40, 50, 120, 110]], groups=("dense", "face"))
     assert out["pixel_values_dense"].shape == (1, 3, 64, 64) and out["pixel_values_face"].shape == (1, 3, 32, 32)
     left, top, side = out["crops_dense"][0].tolist()
     assert (left, top, side) == (30, 30, 100)  # centre (80, 80), side 80 * 1.25
@@ -36,7 +36,7 @@ def test_crops_are_squares_around_the_box_in_original_pixels():
 
 def test_whole_image_mode_pads_to_a_square_and_keeps_the_aspect():
     processor = FaceptorImageProcessor(dense_size=64, face_size=32)
-    out = processor(coordinate_image(100, 60), boxes=None)
+    out = processor(coordinate_image(100, 60), boxes=None, groups=("dense", "face"))
     assert out["crops_dense"][0].tolist() == [-20, 0, 100]
     assert out["image_sizes"].tolist() == [[100, 60]] and out["face_boxes"].tolist() == [[0, 0, 60, 100]]
     mean = torch.tensor(processor.dense_mean)[:, None, None]
@@ -99,7 +99,7 @@ def test_processor_round_trips_and_loads_as_remote_code(tmp_path):
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(loaded) is FaceptorImageProcessor and loaded.dense_size == 96 and loaded.face_box_scale == 1.5
     image = coordinate_image()
-    expected = processor(image, boxes=[[40, 50, 120, 110]])["pixel_values_dense"]
+    expected = processor(image, boxes=[[40, 50, 120, 110]])["pixel_values"]
     np.save(tmp_path / "image.npy", image)
     torch.save(expected, tmp_path / "expected.pt")
     script = textwrap.dedent(
@@ -109,7 +109,7 @@ def test_processor_round_trips_and_loads_as_remote_code(tmp_path):
         processor = AutoImageProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
         assert "faceptor" not in sys.modules
         out = processor(np.load({str(tmp_path / "image.npy")!r}), boxes=[[40, 50, 120, 110]])
-        assert torch.equal(out["pixel_values_dense"], torch.load({str(tmp_path / "expected.pt")!r}))
+        assert torch.equal(out["pixel_values"], torch.load({str(tmp_path / "expected.pt")!r}))
         print("processor-remote-ok")
         """
     )
@@ -251,7 +251,7 @@ def test_a_box_wholly_outside_the_image_raises_naming_it():
     with pytest.raises(ValueError, match="outside the image"):
         processor(coordinate_image(200, 300), boxes=[[-80, -60, 0, -1]])
     out = processor(coordinate_image(200, 300), boxes=[[-40, -40, 10, 10]])  # partly inside: cropped
-    assert out["pixel_values_dense"].shape == (1, 3, 64, 64)
+    assert out["pixel_values"].shape == (1, 3, 64, 64)
 
 
 @pytest.mark.parametrize("box", [[0, 0, 1e9, 1e9], [0, 0, float("inf"), 50], [-5000, 0, 10, 10]])
@@ -261,7 +261,7 @@ def test_a_box_many_times_the_image_raises_instead_of_allocating_its_window(box)
     with pytest.raises(ValueError, match="times the image's size"):
         processor(coordinate_image(200, 300), boxes=[box])
     largest = [0, 0, 8 * 300, 100]  # the largest box allowed, mostly padding: cropped
-    assert processor(coordinate_image(200, 300), boxes=[largest])["pixel_values_dense"].shape == (1, 3, 64, 64)
+    assert processor(coordinate_image(200, 300), boxes=[largest])["pixel_values"].shape == (1, 3, 64, 64)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the peak resident memory from /proc")
