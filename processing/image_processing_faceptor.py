@@ -65,7 +65,9 @@ class FaceptorImageProcessorKwargs(ImagesKwargs, total=False):
 
 
 # The group settings a call may override; transformers' common `size`, `image_mean` and `image_std` set every group's.
-GROUP_KEYS = tuple(FaceptorImageProcessorKwargs.__annotations__)
+GROUP_KEYS = tuple(
+    key for key in FaceptorImageProcessorKwargs.__annotations__ if key not in ImagesKwargs.__annotations__
+)
 NORMALIZATION_KEYS = ("dense_mean", "dense_std", "face_mean", "face_std")
 # What a call accepts besides the group settings; the other common kwargs (resize, rescale, pad...) have no
 # meaning for face crops and are refused rather than silently ignored.

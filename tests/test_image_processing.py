@@ -285,3 +285,67 @@ def test_a_60000_px_strip_crops_with_memory_in_proportion_to_the_crop():
     row = dense[:, 256]  # the strip's band, across the crop
     corner = float(dense[:, 0, 0].max())
     assert float(row.std(dim=1).max()) < 1e-3 and corner < -1.0 and float(row.mean()) > corner + 0.5
+
+
+# ------------------------------------------------------------------- transformers' image-processor conventions
+
+
+def test_per_call_overrides_of_attributes_and_common_kwargs_leave_the_processor_as_it_was():
+    processor = FaceptorImageProcessor(dense_size=64, face_size=32)
+    image = coordinate_image()
+    assert processor(image, face_size=48)["pixel_values_face"].shape == (1, 3, 48, 48)
+    common = processor(image, size={"height": 40, "width": 40})
+    assert common["pixel_values"].shape == (1, 3, 40, 40) and common["pixel_values_face"].shape == (1, 3, 40, 40)
+    raw = processor(image, image_mean=0.0, image_std=1 / 255, face_std=[2.0, 2.0, 2.0])
+    plain = processor(image)
+    mean, std = torch.tensor(processor.dense_mean)[:, None, None], torch.tensor(processor.dense_std)[:, None, None]
+    torch.testing.assert_close(raw["pixel_values"] / 255, plain["pixel_values"] * std + mean)  # 0..255 pixels
+    torch.testing.assert_close(raw["pixel_values_face"], (plain["pixel_values_face"] * 0.5 + 0.5) / 2)
+    assert processor.face_size == 32 and processor.dense_mean == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    with pytest.raises(TypeError, match="do_pad"):
+        processor(image, do_pad=True)  # a common kwarg without meaning for face crops is refused, not ignored
+    with pytest.raises(ValueError, match="square"):
+        processor(image, size={"height": 32, "width": 48})
+
+
+def test_every_layout_and_channel_count_gives_the_same_crops_as_numpy_and_pil():
+    from PIL import Image
+
+    processor = FaceptorImageProcessor(dense_size=32, face_size=16)
+    rng = np.random.default_rng(0)
+    for channels in (1, 3, 4):
+        last = rng.integers(0, 256, (40, 100, channels), dtype=np.uint8)
+        first = np.ascontiguousarray(last.transpose(2, 0, 1))
+        pil = Image.fromarray(last[..., 0] if channels == 1 else last)
+        expected = processor(pil)["pixel_values"]
+        for image in (last, first, torch.from_numpy(last), torch.from_numpy(first)):
+            assert torch.equal(processor(image)["pixel_values"], expected), (channels, type(image), image.shape)
+    # An explicit layout, and the channels kept (one mean and std per channel) without RGB conversion.
+    four = rng.integers(0, 256, (40, 100, 4), dtype=np.uint8)
+    kept = processor(
+        four, do_convert_rgb=False, input_data_format="channels_last", image_mean=[0] * 4, image_std=[1] * 4
+    )
+    assert kept["pixel_values"].shape == (1, 4, 32, 32)
+    with pytest.raises(ValueError, match="4 channels"):
+        processor(four, do_convert_rgb=False)
+
+
+def test_save_reload_and_json_round_trips_give_an_equal_to_dict(tmp_path):
+    processor = FaceptorImageProcessor(dense_size=64, face_mean=(0.1, 0.2, 0.3), image_std=0.25)
+    assert processor.face_mean == [0.1, 0.2, 0.3] and processor.dense_std == processor.face_std == [0.25] * 3
+    processor.save_pretrained(tmp_path)
+    assert FaceptorImageProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()
+    processor.to_json_file(tmp_path / "processor.json")
+    assert FaceptorImageProcessor.from_json_file(tmp_path / "processor.json").to_dict() == processor.to_dict()
+    assert FaceptorImageProcessor.from_dict(processor.to_dict()).to_dict() == processor.to_dict()
+
+
+def test_the_default_output_is_every_group_the_model_reads():
+    image = coordinate_image()
+    plain = FaceptorImageProcessor(dense_size=64, face_size=32)(image)
+    assert {key: tuple(value.shape) for key, value in plain.items()} == {
+        "pixel_values": (1, 3, 64, 64),
+        "pixel_values_face": (1, 3, 32, 32),
+    }
+    warped = FaceptorImageProcessor(dense_size=64, face_size=32, parsing_warp_factor=0.8)(image)
+    assert set(warped) == {"pixel_values", "pixel_values_face", "pixel_values_parsing"}
