@@ -67,6 +67,8 @@ def load_model_folder(
     """`model_class.from_pretrained(path, **kwargs)` (default `AutoModel`: Faceptor or Naive Faceptor) in eval
     mode, or a `CommandError` naming the folder and the cause: no folder or config.json, an unreadable file, a
     mistyped or incomplete config, a missing tensor (unless `allow_missing_weights`), non-finite weights."""
+    from ..modeling_faceptor import check_loaded_weights  # here: the model module is heavy, the CLI starts fast
+
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise CommandError(f"{path}: no such model folder")
@@ -82,9 +84,9 @@ def load_model_folder(
         raise CommandError(f"{path}: not a Faceptor model (model_type {model_type!r} in config.json)")
     try:
         with quiet_transformers():
-            model = (model_class or AutoModel).from_pretrained(
-                path, allow_missing_weights=allow_missing_weights, **kwargs
-            )
+            model, loading_info = (model_class or AutoModel).from_pretrained(path, output_loading_info=True, **kwargs)
+            # from_pretrained only warns of missing tensors (transformers' convention); a command refuses them.
+            check_loaded_weights(model, loading_info["missing_keys"], path, allow_missing_weights)
     except SafetensorError as error:
         files = ", ".join(unreadable_weight_files(path)) or "a weights file"
         raise CommandError(f"{path}: {files} is truncated or corrupt ({error_summary(error)})") from None

@@ -627,17 +627,22 @@ def check_loaded_weights(
 
 
 class CheckedLoadingMixin:
-    """`from_pretrained` that refuses weights which would silently give wrong outputs (see
-    [`check_loaded_weights`]); listed before `PreTrainedModel` in a model's bases."""
+    """`from_pretrained` as transformers' (missing tensors initialised, listed in `output_loading_info` and warned
+    about by name), which also records the missing tensors' names on the model (`_missing_keys_at_load`): the
+    face-perception pipeline refuses such a model, as the CLI's loader does (see [`check_loaded_weights`]).
+    Listed before `PreTrainedModel` in a model's bases."""
 
     @classmethod
-    def from_pretrained(cls, *args: Any, allow_missing_weights: bool = False, **kwargs: Any):
-        """`PreTrainedModel.from_pretrained`, with a `ValueError` naming any tensor missing from the checkpoint
-        (randomly initialised instead; allowed with `allow_missing_weights=True`) or holding NaN or inf."""
+    def from_pretrained(cls, *args: Any, allow_missing_weights: bool = True, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`; `allow_missing_weights=False` raises a `ValueError` naming any tensor
+        missing from the checkpoint or holding NaN or inf instead of warning."""
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        source = str(args[0]) if args else str(kwargs.get("pretrained_model_name_or_path"))
-        check_loaded_weights(model, loading_info["missing_keys"], source, allow_missing_weights)
+        # Read by the pipeline, which gives answers and so refuses a model that was not wholly loaded.
+        model._missing_keys_at_load = sorted(loading_info["missing_keys"])
+        if not allow_missing_weights:
+            source = str(args[0]) if args else str(kwargs.get("pretrained_model_name_or_path"))
+            check_loaded_weights(model, loading_info["missing_keys"], source)
         return (model, loading_info) if output_loading_info else model
 
 
@@ -857,16 +862,24 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
 
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         tasks: str | Sequence[str] | None = None,
         task_samples: Mapping[str, slice] | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
+        pixel_values_face: torch.Tensor | None = None,
+        pixel_values_parsing: torch.Tensor | None = None,
     ) -> FaceptorOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Normalised face crops; height and width multiples of the patch size.
+            Normalised face crops; height and width multiples of the patch size. With `pixel_values_face` or
+            `pixel_values_parsing`, the crops of the tasks that read neither (the dense crops).
+        pixel_values_face (`torch.FloatTensor`, *optional*):
+            The face-group crops (112 px) of the same faces, read by the attribute and identity tasks, as the image
+            processor returns them when called without tasks: `model(**processor(images))` returns every task.
+        pixel_values_parsing (`torch.FloatTensor`, *optional*):
+            Tanh-warped parsing crops of the same faces, read by the parsing tasks.
         tasks (`str` or `list[str]`, *optional*):
             Tasks to decode (all the model's tasks by default).
         task_samples (`dict[str, slice]`, *optional*):
@@ -879,7 +892,73 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
         output_attentions (`bool`, *optional*):
             Also return every encoder layer's attention weights (`config.output_attentions` by default); they need
             eager attention (`attn_implementation="eager"`), SDPA does not compute them.
+
+        Given several crop groups, the encoder runs once per group that a requested task reads; `task_outputs` and
+        `decoder_tokens` hold every task, and the encoder's outputs (`last_hidden_state`, `pixel_embeddings`,
+        `hidden_states`, `attentions`) are those of `pixel_values` when a task read them, else the first group run.
         """
+        if pixel_values_face is not None or pixel_values_parsing is not None:
+            inputs = {"dense": pixel_values, "face": pixel_values_face, "parsing": pixel_values_parsing}
+            if task_samples:
+                raise ValueError("task_samples selects rows of one input; pass pixel_values alone with it.")
+            return self._forward_groups(inputs, tasks, output_hidden_states, return_dict, output_attentions)
+        if pixel_values is None:
+            raise ValueError("pixel_values is required (the face crops, as the image processor returns them).")
+        return self._forward_crops(
+            pixel_values, tasks, task_samples, output_hidden_states, return_dict, output_attentions
+        )
+
+    def _forward_groups(
+        self,
+        inputs: Mapping[str, torch.Tensor | None],
+        tasks: str | Sequence[str] | None,
+        output_hidden_states: bool | None,
+        return_dict: bool | None,
+        output_attentions: bool | None,
+    ) -> FaceptorOutput | tuple:
+        """`forward` on the processor's crop groups: each task reads its group's crops (`pixel_values` for
+        those whose group was not given), one encoder pass per group, the outputs merged in task order."""
+        specs = self.resolve_tasks(tasks)
+        by_input: dict[str, list[str]] = {}
+        for spec in specs:
+            group = "face" if spec.category != "dense" else "parsing" if spec.kind == "parsing" else "dense"
+            group = group if inputs[group] is not None else "dense"
+            by_input.setdefault(group, []).append(spec.name)
+        if "dense" in by_input and inputs["dense"] is None:
+            raise ValueError(f"Tasks {by_input['dense']} read pixel_values, which was not given.")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = {
+            group: self._forward_crops(inputs[group], names, None, output_hidden_states, True, output_attentions)
+            for group, names in by_input.items()
+        }
+        encoder = outputs.get("dense", next(iter(outputs.values())))
+        task_group = {name: group for group, names in by_input.items() for name in names}
+        tokens = {group: output.decoder_tokens for group, output in outputs.items()}
+        output = FaceptorOutput(
+            last_hidden_state=encoder.last_hidden_state,
+            task_outputs={spec.name: outputs[task_group[spec.name]].task_outputs[spec.name] for spec in specs},
+            decoder_tokens={
+                spec.name: tokens[task_group[spec.name]][spec.name]
+                for spec in specs
+                if spec.name in tokens[task_group[spec.name]]
+            },
+            pixel_embeddings=next(
+                (out.pixel_embeddings for out in (encoder, *outputs.values()) if out.pixel_embeddings is not None), None
+            ),
+            hidden_states=encoder.hidden_states,
+            attentions=encoder.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _forward_crops(
+        self,
+        pixel_values: torch.Tensor,
+        tasks: str | Sequence[str] | None,
+        task_samples: Mapping[str, slice] | None,
+        output_hidden_states: bool | None,
+        return_dict: bool | None,
+        output_attentions: bool | None,
+    ) -> FaceptorOutput | tuple:
         self._check_pixel_values(pixel_values)
         specs = self.resolve_tasks(tasks)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions

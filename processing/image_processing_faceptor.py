@@ -13,6 +13,8 @@ metrics use) on the outputs' device and maps them back to the original images.
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ImagesKwargs
+from transformers.image_utils import ChannelDimension
+from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .decoding import (
     attribute_probabilities,
@@ -32,13 +35,14 @@ from .decoding import (
     parsing_labels,
 )
 from .geometry import normalized_to_pixels, square_crops, tanh_unwarp, tanh_warp
-from .image_loading import load_image
+from .image_loading import ImageLoadError, load_image
 from .mask_encoding import label_map_runs
 from .resampling import antialiased_taps, bilinear_taps, sample_crops
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HALF = (0.5, 0.5, 0.5)
+# Lists, not tuples: the attributes must equal themselves after a JSON round trip (save_pretrained / to_dict).
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+HALF = [0.5, 0.5, 0.5]
 # Which crop group feeds each task category.
 CATEGORY_GROUP = {"dense": "dense", "attribute": "face", "identity": "face"}
 GROUPS = ("dense", "face", "parsing")
@@ -50,14 +54,93 @@ PARSING_BAND_ELEMENTS = 2**24
 
 class FaceptorImageProcessorKwargs(ImagesKwargs, total=False):
     dense_size: int
-    dense_mean: tuple[float, float, float]
-    dense_std: tuple[float, float, float]
+    dense_mean: list[float]
+    dense_std: list[float]
     dense_box_scale: float
     face_size: int
-    face_mean: tuple[float, float, float]
-    face_std: tuple[float, float, float]
+    face_mean: list[float]
+    face_std: list[float]
     face_box_scale: float
     parsing_warp_factor: float
+
+
+# The group settings a call may override; transformers' common `size`, `image_mean` and `image_std` set every group's.
+GROUP_KEYS = tuple(
+    key for key in FaceptorImageProcessorKwargs.__annotations__ if key not in ImagesKwargs.__annotations__
+)
+NORMALIZATION_KEYS = ("dense_mean", "dense_std", "face_mean", "face_std")
+# What a call accepts besides the group settings; the other common kwargs (resize, rescale, pad...) have no
+# meaning for face crops and are refused rather than silently ignored.
+CALL_KEYS = frozenset({*GROUP_KEYS, "size", "image_mean", "image_std", "do_convert_rgb", "input_data_format",
+                       "data_format"})  # fmt: skip
+
+
+def _square_side(size: Any) -> int:
+    # transformers' `size` (an int, {"height", "width"} or {"shortest_edge"}) -> the side of a square crop.
+    if isinstance(size, int):
+        return size
+    size = {key: value for key, value in dict(size).items() if value is not None}
+    if "height" in size and "width" in size and size["height"] == size["width"]:
+        return int(size["height"])
+    if set(size) == {"shortest_edge"}:
+        return int(size["shortest_edge"])
+    raise ValueError(f"Face crops are square: size must be an int or {{'height': s, 'width': s}}, got {size}.")
+
+
+def _per_channel(value: float | Sequence[float]) -> list[float]:
+    return [float(value)] * 3 if isinstance(value, (int, float)) else [float(item) for item in value]
+
+
+def common_to_group_settings(
+    size: Any = None,
+    image_mean: float | Sequence[float] | None = None,
+    image_std: float | Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """transformers' common `size`, `image_mean` and `image_std` as the settings of every crop group."""
+    values: dict[str, Any] = {}
+    if size is not None:
+        values["dense_size"] = values["face_size"] = _square_side(size)
+    if image_mean is not None:
+        values["dense_mean"] = values["face_mean"] = _per_channel(image_mean)
+    if image_std is not None:
+        values["dense_std"] = values["face_std"] = _per_channel(image_std)
+    return values
+
+
+def _channels_last(shape: Sequence[int], input_data_format: Any) -> bool:
+    # Where the channels of a 3-D array are: as given, else numpy inputs' rule (`image_loading._array_to_rgb`).
+    if input_data_format is not None:
+        return ChannelDimension(input_data_format) == ChannelDimension.LAST
+    return not (shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4))
+
+
+def image_tensor(image: Any, do_convert_rgb: bool = True, input_data_format: Any = None) -> torch.Tensor:
+    """An input image (path, PIL image, numpy array or tensor, channels first or last, 1 to 4 channels) -> a
+    `(C, H, W)` tensor: RGB (`load_image`'s conversion) with `do_convert_rgb`, else its own channels. A `(3, H, W)`
+    tensor is used as it is, on its device."""
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 3 and not _channels_last(image.shape, input_data_format):
+            if image.shape[0] == 3 or not do_convert_rgb:
+                return image
+            image = image.permute(1, 2, 0)
+        elif image.ndim == 3 and (image.shape[-1] == 3 or not do_convert_rgb):
+            return image.permute(2, 0, 1)  # a view: the pixels stay where they are
+        if image.ndim not in (2, 3):
+            raise ImageLoadError(f"expected a 2-D or 3-D image tensor, got shape {tuple(image.shape)}")
+        # Other channel counts are rare: converted as numpy arrays are, so all inputs give the same pixels.
+        return torch.from_numpy(load_image(image.cpu().numpy())).permute(2, 0, 1).to(image.device)
+    if do_convert_rgb:
+        if isinstance(image, np.ndarray) and image.ndim == 3 and input_data_format is not None:
+            image = image if _channels_last(image.shape, input_data_format) else np.moveaxis(image, 0, -1)
+        return torch.from_numpy(np.ascontiguousarray(load_image(image))).permute(2, 0, 1)
+    array = np.asarray(load_image(image) if isinstance(image, (str, os.PathLike)) else image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise ImageLoadError(f"expected a 2-D or 3-D image, got shape {array.shape}")
+    if not _channels_last(array.shape, input_data_format):
+        array = np.moveaxis(array, 0, -1)
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
 
 def square_crop(box: Sequence[float], scale: float) -> tuple[int, int, int]:
@@ -92,10 +175,19 @@ class FaceptorImageProcessor(TorchvisionBackend):
     them; `group="dense" | "face" | "parsing"` picks a group directly. `post_process(outputs, tasks,
     image_sizes, boxes)` turns the raw outputs back into image coordinates. Called with `groups=(...)` instead,
     the processor returns every listed group's crops and their geometry under group-suffixed keys.
+
+    Called with the images alone, it returns the crops of every group the model's tasks read, as `model(**inputs)`
+    takes them: `pixel_values` (dense crops), `pixel_values_face` and, with a warp factor, `pixel_values_parsing`;
+    the model then runs one encoder pass per group and returns all its tasks.
+
+    Any attribute can be overridden per call (`processor(image, face_size=64)`), as can transformers' common
+    `size`, `image_mean` and `image_std` (every group's), `do_convert_rgb` (default True: 1-, 2- and 4-channel
+    images become RGB; False keeps their channels) and `input_data_format` (channels first or last; inferred).
     """
 
     valid_kwargs = FaceptorImageProcessorKwargs
-    model_input_names = ["pixel_values"]
+    model_input_names = ["pixel_values", "pixel_values_face", "pixel_values_parsing"]
+    do_convert_rgb = True
     dense_size = 512
     dense_mean = CLIP_MEAN
     dense_std = CLIP_STD
@@ -105,6 +197,32 @@ class FaceptorImageProcessor(TorchvisionBackend):
     face_std = HALF
     face_box_scale = 1.3
     parsing_warp_factor = 0.0
+
+    def __init__(self, **kwargs: Unpack[FaceptorImageProcessorKwargs]) -> None:
+        # transformers' common size / image_mean / image_std set every group's, unless a group's own is given.
+        common = {key: kwargs.pop(key) for key in ("size", "image_mean", "image_std") if kwargs.get(key) is not None}
+        for key, value in common_to_group_settings(**common).items():
+            kwargs.setdefault(key, value)
+        super().__init__(**kwargs)
+        for key in NORMALIZATION_KEYS:
+            setattr(self, key, _per_channel(getattr(self, key)))
+
+    def with_overrides(self, **overrides: Any) -> FaceptorImageProcessor:
+        """This processor with per-call settings: its group settings (`face_size=64`) and transformers' common
+        `size`, `image_mean`, `image_std`, which set every group's (a group's own setting wins). A copy, so
+        concurrent calls never see each other's overrides; `self` when nothing changes."""
+        values = common_to_group_settings(*(overrides.get(key) for key in ("size", "image_mean", "image_std")))
+        values.update({key: overrides[key] for key in GROUP_KEYS if overrides.get(key) is not None})
+        if not values:
+            return self
+        processor = copy.copy(self)
+        for key, value in values.items():
+            setattr(processor, key, _per_channel(value) if key in NORMALIZATION_KEYS else value)
+        return processor
+
+    def default_groups(self) -> tuple[str, ...]:
+        """The crop groups of a call with no tasks or group: all a model's tasks read."""
+        return ("dense", "face", "parsing") if self.parsing_warp_factor > 0 else ("dense", "face")
 
     def group_for(self, kind: str, category: str) -> str:
         """The crop group a task reads: "dense", "face", or "parsing" (warped parsing crops)."""
@@ -180,8 +298,8 @@ class FaceptorImageProcessor(TorchvisionBackend):
     def crop_faces(
         self, images: Sequence[torch.Tensor], crops: torch.Tensor, image_index: torch.Tensor, group: str
     ) -> torch.Tensor:
-        """`(3, H, W)` images on one device, `(F, 3)` crops (left, top, side) and each crop's image index ->
-        normalised `(F, 3, size, size)` float crops on that device, the parts outside an image black (as the
+        """`(C, H, W)` images on one device, `(F, 3)` crops (left, top, side) and each crop's image index ->
+        normalised `(F, C, size, size)` float crops on that device, the parts outside an image black (as the
         official warps leave them). Plain crops are the training transforms' crop and antialiased resize
         (`antialiased_taps`: the values of `tvF.resize(tvF.crop(...), antialias=True)` of uint8 images on the CPU),
         without padding the square; "parsing" crops with a warp factor are tanh-warped (`warped_crops`). All faces
@@ -199,6 +317,11 @@ class FaceptorImageProcessor(TorchvisionBackend):
             rows = antialiased_taps(top, side, heights, size)
             columns = antialiased_taps(left, side, widths, size)
             pixels = sample_crops(images, image_index, rows, columns)  # 0..255 integers, as uint8 crops
+        if len(mean) != pixels.shape[1] or len(std) != pixels.shape[1]:
+            raise ValueError(
+                f"The images have {pixels.shape[1]} channels but the {group} mean and std have {len(mean)} and "
+                f"{len(std)} values: pass do_convert_rgb=True, or image_mean / image_std of one value per channel."
+            )
         mean = torch.tensor(mean, device=device)[:, None, None]
         std = torch.tensor(std, device=device)[:, None, None]
         return pixels.div_(255.0).sub_(mean).div_(std)
@@ -223,16 +346,17 @@ class FaceptorImageProcessor(TorchvisionBackend):
 
     def preprocess(
         self,
-        images,
+        images: Any,
         boxes: Sequence[Sequence[Sequence[float]] | None] | None = None,
         tasks: Sequence[Any] | None = None,
         group: str | None = None,
         groups: Sequence[str] | None = None,
         device: str | torch.device | None = None,
         return_tensors: str | None = "pt",
+        **kwargs: Unpack[FaceptorImageProcessorKwargs],
     ) -> BatchFeature:
         r"""
-        images: an image or a list (paths, PIL images, numpy arrays or `(3, H, W)` uint8 tensors).
+        images: an image or a list (paths, PIL images, numpy arrays or tensors, channels first or last).
         boxes: per image, a list of face boxes `[x0, y0, x1, y1]` in pixels, or `None` when the image is
             already one face crop (then the whole image is used, padded to a square).
         tasks: the task specs to prepare for (`model.resolve_tasks(names)` or `model.config.tasks`), all reading
@@ -240,44 +364,61 @@ class FaceptorImageProcessor(TorchvisionBackend):
             faces over all images and `tasks`, the names.
         group: `"dense"` (512 px), `"face"` (112 px) or `"parsing"` (warped dense crops): `pixel_values` of that
             group (with `tasks` when given).
-        groups: instead of `tasks`/`group` (and the default, with `("dense", "face")`), every listed group's crops
-            and their geometry:
+        groups: every listed group's crops and their geometry:
             `pixel_values_<group>` `(F, 3, S, S)`, `crops_<group>` `(F, 3)` (left, top, side in original pixels),
             `face_boxes` `(F, 4)`, `image_index` `(F,)` and `image_sizes` `(N, 2)` as (height, width).
+        None of them (the default): the crops of every group the model reads (`default_groups`), as
+            `model(**inputs)` takes them for all its tasks: `pixel_values` (dense crops), `pixel_values_face` and,
+            with a parsing warp factor, `pixel_values_parsing`.
         device: where to crop (the images travel there once as uint8); the CPU by default.
+        kwargs: per-call overrides of the attributes and transformers' common image kwargs (`size`,
+            `image_mean`, `image_std`, `do_convert_rgb`, `input_data_format`; see the class docstring).
         """
+        unknown = sorted(set(kwargs) - CALL_KEYS)
+        if unknown:
+            raise TypeError(f"FaceptorImageProcessor got arguments it does not use: {unknown}.")
+        data_format = kwargs.get("data_format")
+        if data_format is not None and ChannelDimension(data_format) != ChannelDimension.FIRST:
+            raise ValueError("The crops are channels first (the model's layout); data_format must be 'channels_first'.")
+        processor = self.with_overrides(**kwargs)
+        do_convert_rgb = kwargs.get("do_convert_rgb")
+        do_convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
         if not isinstance(images, (list, tuple)):
             images = [images]
             boxes = None if boxes is None else [boxes]
-        tensors = [
-            image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(load_image(image)))
-            .permute(2, 0, 1) for image in images
-        ]  # fmt: skip
+        tensors = [image_tensor(image, do_convert_rgb, kwargs.get("input_data_format")) for image in images]
         tensors = [tensor.to(device) for tensor in tensors] if device is not None else tensors
-        geometry = self.face_geometry([tuple(tensor.shape[-2:]) for tensor in tensors], boxes)
-        task_names = None
+        geometry = processor.face_geometry([tuple(tensor.shape[-2:]) for tensor in tensors], boxes)
         if groups is None and tasks is None and group is None:
-            groups = ("dense", "face")  # the form of earlier versions, which callers still read
+            # Every group a model reads, under the names its forward takes (the dense crops as `pixel_values`).
+            data = {}
+            for name in processor.default_groups():
+                crops = processor.crop_boxes(geometry["face_boxes"], geometry["whole_image"], name)
+                key = "pixel_values" if name == "dense" else f"pixel_values_{name}"
+                data[key] = processor.crop_faces(tensors, crops, geometry["image_index"], name)
+            return BatchFeature(data=data, tensor_type=return_tensors)
+        task_names = None
         if groups is None:
             if tasks is not None:
-                by_group = self.groups_of(tasks)
+                by_group = processor.groups_of(tasks)
                 if len(by_group) != 1 or (group is not None and group not in by_group):
                     raise ValueError(
                         f"Tasks {[_field(spec, 'name') for spec in tasks]} read the crop groups {list(by_group)}: "
-                        "one model call takes crops of one group, so prepare each group's tasks separately."
+                        "one model call takes crops of one group, so prepare each group's tasks separately "
+                        "(or call the processor without tasks for the crops of every group)."
                     )
                 group = next(iter(by_group))
                 task_names = [_field(spec, "name") for spec in tasks]
-            crops = self.crop_boxes(geometry["face_boxes"], geometry["whole_image"], group)
-            data = {"pixel_values": self.crop_faces(tensors, crops, geometry["image_index"], group)}
+            crops = processor.crop_boxes(geometry["face_boxes"], geometry["whole_image"], group)
+            data = {"pixel_values": processor.crop_faces(tensors, crops, geometry["image_index"], group)}
             if task_names is not None:
                 data["tasks"] = task_names
             # The names are not tensors: build the feature without conversion, its tensors are torch already.
             return BatchFeature(data=data)
         data = {}
         for name in groups:
-            crops = self.crop_boxes(geometry["face_boxes"], geometry["whole_image"], name)
-            data[f"pixel_values_{name}"] = self.crop_faces(tensors, crops, geometry["image_index"], name)
+            crops = processor.crop_boxes(geometry["face_boxes"], geometry["whole_image"], name)
+            data[f"pixel_values_{name}"] = processor.crop_faces(tensors, crops, geometry["image_index"], name)
             data[f"crops_{name}"] = crops
         data["face_boxes"] = geometry["face_boxes"].float()
         data["image_index"] = geometry["image_index"]

@@ -66,6 +66,30 @@ def _round(values: Any, digits: int = 4) -> Any:
     return np.round(np.asarray(values, dtype=np.float64), digits).tolist()
 
 
+def refuse_incomplete_model(model: torch.nn.Module, allow_missing_weights: bool = False) -> None:
+    """A `ValueError` naming the tensors `from_pretrained` did not find in the checkpoint (it only warns, as
+    transformers does; unless `allow_missing_weights`) or that hold NaN or inf: a pipeline gives answers, and such a
+    model would give wrong ones silently. The same message as the CLI's loader (`check_loaded_weights`)."""
+    source = getattr(model, "name_or_path", "") or type(model).__name__
+    missing = list(getattr(model, "_missing_keys_at_load", []))
+    if missing and not allow_missing_weights:
+        raise ValueError(
+            f"{source}: {len(missing)} tensors missing from the weights: {', '.join(missing[:5])}"
+            + (", ..." if len(missing) > 5 else "")
+            + " (pass allow_missing_weights=True to initialise them randomly)"
+        )
+    non_finite = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
+    ]
+    if non_finite:
+        raise ValueError(
+            f"{source}: {len(non_finite)} tensors hold NaN or infinite values: {', '.join(non_finite[:5])}"
+            + (", ..." if len(non_finite) > 5 else "")
+        )
+
+
 @dataclass(eq=False)
 class _Image:
     """An image shared by the items of its faces. Not a tensor on purpose: the base class moves tensors to the
@@ -109,9 +133,11 @@ class FacePerceptionPipeline(ChunkPipeline):
         *args,
         detector: str | Callable | None = "auto",
         detector_device: str | torch.device | None = None,
+        allow_missing_weights: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        refuse_incomplete_model(self.model, allow_missing_weights)
         if self.image_processor is None:
             self.image_processor = FaceptorImageProcessor()
         if self._batch_size is None:

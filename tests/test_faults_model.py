@@ -23,10 +23,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import pipeline
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging
 
 from conftest import run_cli, tiny_config
 from faceptor import FaceptorImageProcessor, FaceptorModel
-from faceptor.commands.errors import error_summary
+from faceptor.commands.errors import CommandError, error_summary
+from faceptor.commands.model_loading import load_model_folder
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "official" / "faceptor_stage1.pth.tar"
 FIXTURE_HEADS = ["--encoder-heads", "2", "--decoder-heads", "4"]  # the fixture's reduced official model
@@ -279,14 +282,24 @@ def test_the_server_that_never_answers_is_given_up_after_the_timeout(push_result
 # ------------------------------------------------------------------------------------------ the opt-ins
 
 
-def test_missing_weights_load_only_when_allowed(workspace):
-    with pytest.raises(ValueError, match=MISSING):
-        FaceptorModel.from_pretrained(workspace / "missing")
-    model, info = FaceptorModel.from_pretrained(
-        workspace / "missing", allow_missing_weights=True, output_loading_info=True
-    )
-    assert set(info["missing_keys"]) == {BROKEN_TENSOR}
+def test_missing_weights_are_warned_by_from_pretrained_and_refused_by_the_loaders(workspace):
+    # transformers' convention: the model loads, the tensor is initialised, reported and warned about by name.
+    with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
+        model, info = FaceptorModel.from_pretrained(workspace / "missing", output_loading_info=True)
+    assert set(info["missing_keys"]) == {BROKEN_TENSOR} and BROKEN_TENSOR in captured.out
     assert torch.isfinite(model.decoder.query_features["age_morph2"]).all()
+    with pytest.raises(ValueError, match=MISSING):
+        FaceptorModel.from_pretrained(workspace / "missing", allow_missing_weights=False)  # the strict opt-in
+    # The project's loaders refuse it: the commands' loader and the pipeline, each with its opt-out.
+    with pytest.raises(CommandError, match=MISSING):
+        load_model_folder(workspace / "missing")
+    assert set(load_model_folder(workspace / "missing", allow_missing_weights=True).task_specs) == set(model.task_specs)
+    with pytest.raises(ValueError, match=MISSING):
+        pipeline("face-perception", model=str(workspace / "missing"), detector=None)
+    loaded = pipeline("face-perception", model=str(workspace / "missing"), detector=None, allow_missing_weights=True)
+    assert loaded.model.task_specs.keys() == model.task_specs.keys()
+    with pytest.raises(ValueError, match=NON_FINITE):
+        pipeline("face-perception", model=str(workspace / "nan"), detector=None)
 
 
 def test_convert_overwrite_replaces_the_folder_whole(workspace, tmp_path, capsys):
@@ -301,9 +314,13 @@ def test_convert_overwrite_replaces_the_folder_whole(workspace, tmp_path, capsys
     assert FaceptorModel.from_pretrained(output).config.num_attention_heads == 2
 
 
-def test_packed_pipeline_errors_are_reduced_to_their_cause(workspace):
+def test_packed_pipeline_errors_are_reduced_to_their_cause(workspace, tmp_path):
+    # A folder without weights: transformers' pipeline factory packs from_pretrained's error with its traceback.
+    folder = tmp_path / "no_weights"
+    shutil.copytree(workspace / "good", folder)
+    (folder / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="See the original errors") as error:
-        pipeline("face-perception", model=str(workspace / "missing"))
+        pipeline("face-perception", model=str(folder))
     assert "Traceback" in str(error.value)
     summary = error_summary(error.value)
-    assert summary.startswith("ValueError: ") and re.search(MISSING, summary) and "\n" not in summary
+    assert summary.startswith("OSError: ") and "model.safetensors" in summary and "\n" not in summary

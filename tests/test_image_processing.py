@@ -21,7 +21,7 @@ def coordinate_image(height=200, width=300):
 
 def test_crops_are_squares_around_the_box_in_original_pixels():
     processor = FaceptorImageProcessor(dense_size=64, face_size=32)
-    out = processor(coordinate_image(), boxes=[[40, 50, 120, 110]])
+    out = processor(coordinate_image(), boxes=[[40, 50, 120, 110]], groups=("dense", "face"))
     assert out["pixel_values_dense"].shape == (1, 3, 64, 64) and out["pixel_values_face"].shape == (1, 3, 32, 32)
     left, top, side = out["crops_dense"][0].tolist()
     assert (left, top, side) == (30, 30, 100)  # centre (80, 80), side 80 * 1.25
@@ -36,7 +36,7 @@ def test_crops_are_squares_around_the_box_in_original_pixels():
 
 def test_whole_image_mode_pads_to_a_square_and_keeps_the_aspect():
     processor = FaceptorImageProcessor(dense_size=64, face_size=32)
-    out = processor(coordinate_image(100, 60), boxes=None)
+    out = processor(coordinate_image(100, 60), boxes=None, groups=("dense", "face"))
     assert out["crops_dense"][0].tolist() == [-20, 0, 100]
     assert out["image_sizes"].tolist() == [[100, 60]] and out["face_boxes"].tolist() == [[0, 0, 60, 100]]
     mean = torch.tensor(processor.dense_mean)[:, None, None]
@@ -99,7 +99,7 @@ def test_processor_round_trips_and_loads_as_remote_code(tmp_path):
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(loaded) is FaceptorImageProcessor and loaded.dense_size == 96 and loaded.face_box_scale == 1.5
     image = coordinate_image()
-    expected = processor(image, boxes=[[40, 50, 120, 110]])["pixel_values_dense"]
+    expected = processor(image, boxes=[[40, 50, 120, 110]])["pixel_values"]
     np.save(tmp_path / "image.npy", image)
     torch.save(expected, tmp_path / "expected.pt")
     script = textwrap.dedent(
@@ -109,7 +109,7 @@ def test_processor_round_trips_and_loads_as_remote_code(tmp_path):
         processor = AutoImageProcessor.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
         assert "faceptor" not in sys.modules
         out = processor(np.load({str(tmp_path / "image.npy")!r}), boxes=[[40, 50, 120, 110]])
-        assert torch.equal(out["pixel_values_dense"], torch.load({str(tmp_path / "expected.pt")!r}))
+        assert torch.equal(out["pixel_values"], torch.load({str(tmp_path / "expected.pt")!r}))
         print("processor-remote-ok")
         """
     )
@@ -251,7 +251,7 @@ def test_a_box_wholly_outside_the_image_raises_naming_it():
     with pytest.raises(ValueError, match="outside the image"):
         processor(coordinate_image(200, 300), boxes=[[-80, -60, 0, -1]])
     out = processor(coordinate_image(200, 300), boxes=[[-40, -40, 10, 10]])  # partly inside: cropped
-    assert out["pixel_values_dense"].shape == (1, 3, 64, 64)
+    assert out["pixel_values"].shape == (1, 3, 64, 64)
 
 
 @pytest.mark.parametrize("box", [[0, 0, 1e9, 1e9], [0, 0, float("inf"), 50], [-5000, 0, 10, 10]])
@@ -261,7 +261,7 @@ def test_a_box_many_times_the_image_raises_instead_of_allocating_its_window(box)
     with pytest.raises(ValueError, match="times the image's size"):
         processor(coordinate_image(200, 300), boxes=[box])
     largest = [0, 0, 8 * 300, 100]  # the largest box allowed, mostly padding: cropped
-    assert processor(coordinate_image(200, 300), boxes=[largest])["pixel_values_dense"].shape == (1, 3, 64, 64)
+    assert processor(coordinate_image(200, 300), boxes=[largest])["pixel_values"].shape == (1, 3, 64, 64)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the peak resident memory from /proc")
@@ -285,3 +285,67 @@ def test_a_60000_px_strip_crops_with_memory_in_proportion_to_the_crop():
     row = dense[:, 256]  # the strip's band, across the crop
     corner = float(dense[:, 0, 0].max())
     assert float(row.std(dim=1).max()) < 1e-3 and corner < -1.0 and float(row.mean()) > corner + 0.5
+
+
+# ------------------------------------------------------------------- transformers' image-processor conventions
+
+
+def test_per_call_overrides_of_attributes_and_common_kwargs_leave_the_processor_as_it_was():
+    processor = FaceptorImageProcessor(dense_size=64, face_size=32)
+    image = coordinate_image()
+    assert processor(image, face_size=48)["pixel_values_face"].shape == (1, 3, 48, 48)
+    common = processor(image, size={"height": 40, "width": 40})
+    assert common["pixel_values"].shape == (1, 3, 40, 40) and common["pixel_values_face"].shape == (1, 3, 40, 40)
+    raw = processor(image, image_mean=0.0, image_std=1 / 255, face_std=[2.0, 2.0, 2.0])
+    plain = processor(image)
+    mean, std = torch.tensor(processor.dense_mean)[:, None, None], torch.tensor(processor.dense_std)[:, None, None]
+    torch.testing.assert_close(raw["pixel_values"] / 255, plain["pixel_values"] * std + mean)  # 0..255 pixels
+    torch.testing.assert_close(raw["pixel_values_face"], (plain["pixel_values_face"] * 0.5 + 0.5) / 2)
+    assert processor.face_size == 32 and processor.dense_mean == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    with pytest.raises(TypeError, match="do_pad"):
+        processor(image, do_pad=True)  # a common kwarg without meaning for face crops is refused, not ignored
+    with pytest.raises(ValueError, match="square"):
+        processor(image, size={"height": 32, "width": 48})
+
+
+def test_every_layout_and_channel_count_gives_the_same_crops_as_numpy_and_pil():
+    from PIL import Image
+
+    processor = FaceptorImageProcessor(dense_size=32, face_size=16)
+    rng = np.random.default_rng(0)
+    for channels in (1, 3, 4):
+        last = rng.integers(0, 256, (40, 100, channels), dtype=np.uint8)
+        first = np.ascontiguousarray(last.transpose(2, 0, 1))
+        pil = Image.fromarray(last[..., 0] if channels == 1 else last)
+        expected = processor(pil)["pixel_values"]
+        for image in (last, first, torch.from_numpy(last), torch.from_numpy(first)):
+            assert torch.equal(processor(image)["pixel_values"], expected), (channels, type(image), image.shape)
+    # An explicit layout, and the channels kept (one mean and std per channel) without RGB conversion.
+    four = rng.integers(0, 256, (40, 100, 4), dtype=np.uint8)
+    kept = processor(
+        four, do_convert_rgb=False, input_data_format="channels_last", image_mean=[0] * 4, image_std=[1] * 4
+    )
+    assert kept["pixel_values"].shape == (1, 4, 32, 32)
+    with pytest.raises(ValueError, match="4 channels"):
+        processor(four, do_convert_rgb=False)
+
+
+def test_save_reload_and_json_round_trips_give_an_equal_to_dict(tmp_path):
+    processor = FaceptorImageProcessor(dense_size=64, face_mean=(0.1, 0.2, 0.3), image_std=0.25)
+    assert processor.face_mean == [0.1, 0.2, 0.3] and processor.dense_std == processor.face_std == [0.25] * 3
+    processor.save_pretrained(tmp_path)
+    assert FaceptorImageProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()
+    processor.to_json_file(tmp_path / "processor.json")
+    assert FaceptorImageProcessor.from_json_file(tmp_path / "processor.json").to_dict() == processor.to_dict()
+    assert FaceptorImageProcessor.from_dict(processor.to_dict()).to_dict() == processor.to_dict()
+
+
+def test_the_default_output_is_every_group_the_model_reads():
+    image = coordinate_image()
+    plain = FaceptorImageProcessor(dense_size=64, face_size=32)(image)
+    assert {key: tuple(value.shape) for key, value in plain.items()} == {
+        "pixel_values": (1, 3, 64, 64),
+        "pixel_values_face": (1, 3, 32, 32),
+    }
+    warped = FaceptorImageProcessor(dense_size=64, face_size=32, parsing_warp_factor=0.8)(image)
+    assert set(warped) == {"pixel_values", "pixel_values_face", "pixel_values_parsing"}

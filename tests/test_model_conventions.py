@@ -168,3 +168,67 @@ def test_torch_export_of_a_fixed_task_set(architecture):
     assert isinstance(actual, FaceptorOutput) and list(actual.task_outputs) == tasks
     torch.testing.assert_close(actual.task_outputs, expected.task_outputs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state, rtol=1e-5, atol=1e-5)
+
+
+def test_model_takes_the_processors_default_output_and_returns_every_task():
+    from PIL import Image
+
+    from faceptor import FaceptorImageProcessor
+    from faceptor.demo_model import DEMO_MODEL_DIR
+
+    model = FaceptorModel.from_pretrained(DEMO_MODEL_DIR).eval()
+    processor = FaceptorImageProcessor.from_pretrained(DEMO_MODEL_DIR)
+    image = Image.open(DEMO_MODEL_DIR.parent / "assets" / "astronaut.jpg")
+    box = [165, 30, 260, 150]
+    with torch.no_grad():
+        outputs = model(**processor(image, boxes=[box]))
+        # The same as the call with the tasks named, as the pipeline makes it (the demo model's are all dense).
+        named = model(**processor(image, boxes=[box], tasks=model.resolve_tasks(None)))
+    assert list(outputs.task_outputs) == model.config.task_names
+    torch.testing.assert_close(outputs.task_outputs, named.task_outputs)
+    results = processor.post_process(outputs, model.config.tasks, [(image.height, image.width)], [[box]])
+    assert set(results) == set(model.config.task_names)
+    for name, spec in model.task_specs.items():
+        if spec.kind == "landmarks":  # on the face: within its crop
+            points = results[name][0]
+            assert ((points[:, 0] > 130) & (points[:, 0] < 300) & (points[:, 1] > 0) & (points[:, 1] < 190)).all()
+        else:
+            assert results[name][0].shape == (image.height, image.width) and results[name][0].max() > 0
+    as_tuple = model(**processor(image, boxes=[box]), return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple[1]) == len(model.config.task_names)
+
+
+def test_every_crop_group_runs_its_own_tasks_and_the_outputs_merge_in_task_order():
+    model = build(ARCHITECTURES["faceptor"])
+    dense, face = torch.randn(BATCH, 3, 64, 64), pixels()
+    tasks = ["age_morph2", "align_300w", "recog_ms1mv3", "parsing_celebam"]
+    with torch.no_grad():
+        merged = model(dense, tasks=tasks, pixel_values_face=face)
+        on_face = model(face, tasks=["age_morph2", "recog_ms1mv3"])
+        on_dense = model(dense, tasks=["align_300w", "parsing_celebam"])
+        everything = model(dense, pixel_values_face=face)
+    assert list(merged.task_outputs) == tasks and list(everything.task_outputs) == model.config.task_names
+    for name in tasks:
+        expected = (on_face if name in on_face.task_outputs else on_dense).task_outputs[name]
+        torch.testing.assert_close(merged.task_outputs[name], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(merged.last_hidden_state, on_dense.last_hidden_state)  # the dense pass's encoder
+    with torch.no_grad(), pytest.raises(ValueError, match="read pixel_values"):
+        model(pixel_values_face=face, tasks=["align_300w"])
+
+
+def test_from_pretrained_reports_missing_tensors_and_initialises_them(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = FaceptorModel(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["decoder.query_features.age_morph2"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded, info = FaceptorModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == {"decoder.query_features.age_morph2"} or list(info["missing_keys"]) == [
+        "decoder.query_features.age_morph2"
+    ]
+    assert torch.isfinite(loaded.decoder.query_features["age_morph2"]).all()
+    torch.testing.assert_close(
+        loaded.decoder.query_features["affect_rafdb"], model.decoder.query_features["affect_rafdb"]
+    )
