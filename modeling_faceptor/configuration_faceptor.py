@@ -7,6 +7,7 @@ import numbers
 import sys
 import types
 import typing
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -149,6 +150,11 @@ class TaskSpec:
         return TASK_KINDS[self.kind]
 
 
+# Each live config's task specs with the `tasks` they were built from, by the config's id: not in the config's
+# __dict__, which transformers saves and compares configs by.
+_TASK_SPECS: dict[int, tuple[list[dict], dict[str, TaskSpec]]] = {}
+
+
 class TaskConfigMixin:
     """What every Faceptor-family config derives from its `tasks` and encoder depth."""
 
@@ -169,8 +175,17 @@ class TaskConfigMixin:
 
     @property
     def task_specs(self) -> dict[str, TaskSpec]:
-        """The tasks by name, as [`TaskSpec`] objects, in config order."""
-        return {spec["name"]: TaskSpec.from_any(spec) for spec in self.tasks}
+        """The tasks by name, as [`TaskSpec`] objects, in config order. Built and validated once per change of
+        `tasks` (a new list, or an edit of the list in place), not on every forward; the specs are shared, so treat
+        them as read-only and change a task through `tasks`."""
+        cached = _TASK_SPECS.get(id(self))
+        if cached is None or cached[0] != self.tasks:
+            if cached is None:  # the entry leaves with the config (the config's __dict__ is its saved form)
+                weakref.finalize(self, _TASK_SPECS.pop, id(self), None)
+            snapshot = copy.deepcopy(self.tasks)
+            cached = (snapshot, {spec["name"]: TaskSpec.from_any(spec) for spec in snapshot})
+            _TASK_SPECS[id(self)] = cached
+        return dict(cached[1])
 
     @property
     def task_names(self) -> list[str]:
