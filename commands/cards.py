@@ -10,10 +10,9 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .. import hub_cards
-from ..configuration_faceptor import TASK_KIND_CATEGORY
 from ..modeling_faceptor import FaceptorModel
+from ..task_kinds import TASK_KINDS
 from ..task_presets import OFFICIAL_TASKS
-from ..task_query_sets import KIND_PIPELINE_TAG
 
 PIPELINE_TASK = "face-perception"
 # The model's Hub pipeline tag: the custom task name is not one; its closest Hub task is feature extraction.
@@ -46,7 +45,7 @@ DATASET_IDS = {name: info["id"] for name, info in TRAINING_DATASETS.items()}
 # The paper's numbers for the authors' released weights, per preset: label, source tables and result rows.
 PAPER_RESULTS: dict[str, dict] = _table("paper_results.json")
 
-# What a task of each kind does: the paper's task names (its official tasks) and a generic one for new tasks.
+# The paper's task names of its official tasks' kinds, for its result rows.
 KIND_TASK_NAME = {
     "landmarks": "Facial landmark localization",
     "parsing": "Face parsing",
@@ -54,14 +53,6 @@ KIND_TASK_NAME = {
     "classification": "Expression recognition",
     "multilabel": "Binary attribute classification",
     "embedding": "Face verification",
-}
-KIND_DESCRIPTION = {
-    "landmarks": "facial landmarks (one heatmap per query)",
-    "parsing": "face parsing (one mask per class query)",
-    "age": "age estimation (one query per age)",
-    "classification": "single-label classification (one query per class)",
-    "multilabel": "multi-label attributes (one query per attribute)",
-    "embedding": "identity embedding",
 }
 
 # ------------------------------------------------------------------------------------------- cards
@@ -91,7 +82,7 @@ def _task_rows(specs: list[dict]) -> list[dict]:
         {
             "name": spec["name"],
             "kind": spec["kind"],
-            "category": TASK_KIND_CATEGORY[spec["kind"]],
+            "category": TASK_KINDS[spec["kind"]].category,
             "num_queries": spec["num_queries"],
             "input_size": spec["input_size"],
             "labels": _cell(_labels_preview(spec.get("labels"))),
@@ -114,7 +105,7 @@ def paper_eval_results(task_names: list[str], paper_results: str) -> list[EvalRe
         kind = kinds[row["task"]]
         results.append(
             EvalResult(
-                task_type=KIND_PIPELINE_TAG[kind],
+                task_type=TASK_KINDS[kind].pipeline_tag,
                 task_name=f"{KIND_TASK_NAME[kind]} ({row['task']})",
                 dataset_type=DATASET_IDS[row["dataset"]],
                 dataset_name=row["dataset"],
@@ -199,14 +190,14 @@ def render_task_set_card(description: dict, license: str | None = None, datasets
         base_model=base_model if base_model and not os.path.isdir(base_model) else None,
         license=license,
         datasets=datasets or None,
-        pipeline_tag=KIND_PIPELINE_TAG[task["kind"]],
+        pipeline_tag=TASK_KINDS[task["kind"]].pipeline_tag,
         tags=["faceptor", "faceptor-task-query-set", task["kind"]],
     )
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path(TASK_SET_CARD_TEMPLATE)),
         task=task,
-        task_description=KIND_DESCRIPTION[task["kind"]],
+        task_description=TASK_KINDS[task["kind"]].description,
         labels=[_cell(label) for label in task.get("labels") or []],
         base=base_model,
         fingerprint=description["base_fingerprint"],

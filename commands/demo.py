@@ -31,7 +31,6 @@ from ..assets import bundled_photos
 from ..demo_model import announce_demo_model, demo_model_path
 from ..processing.image_loading import ImageLoadError, load_image
 from ..processing.mask_encoding import decode_label_map
-from ..processing.pipeline_faceptor import KIND_RESULT_KEY
 from ..visualization.drawing import draw_result
 from .errors import CommandError
 
@@ -41,8 +40,6 @@ DEFAULT_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 serves the netwo
 DEFAULT_PORT = 7860  # Gradio's usual port, as on Spaces
 MAX_UPLOAD_SIZE = "20mb"  # Gradio refuses larger uploads in the page
 MAX_IMAGE_PIXELS = 40_000_000  # a photo larger than this is refused: seconds per request on a CPU Space
-TOP_EXPRESSIONS = 3
-TOP_ATTRIBUTES = 5
 # Without measured pairs for a model: a usual operating point of CosFace / ArcFace embeddings (such as
 # Faceptor's recog_ms1mv3); check it on pairs of your own.
 DEFAULT_IDENTITY_THRESHOLD = 0.3
@@ -195,33 +192,36 @@ def load_photo(payload: Any) -> tuple[np.ndarray, str]:
 def _task_value(face: dict, spec: Any) -> Any:
     """One face's result of task `spec`: under its kind's key when it is the first task of that kind, else under
     "more" (the pipeline's layout)."""
-    key = KIND_RESULT_KEY[spec.kind]
+    key = spec.kind_info.result_key
     if face.get("task_of", {}).get(key) == spec.name:
         return face[key]
     return face.get("more", {}).get(spec.name)
 
 
-def _top(probabilities: dict[str, float], count: int) -> str:
-    ranked = sorted(probabilities.items(), key=lambda item: -item[1])[:count]
-    return ", ".join(f"{name.replace('_', ' ')} {probability:.0%}" for name, probability in ranked)
+def _regions(value: dict) -> str:
+    present = np.unique(decode_label_map(value["mask"]))
+    names = [value["labels"][index] for index in present.tolist() if index > 0]
+    return f"{len(names)} regions: {', '.join(names)}" if names else "no region"
+
+
+def _norm(value: list[float]) -> str:
+    return f"{len(value)}-D, norm {math.sqrt(sum(component * component for component in value)):.3f}"
+
+
+# A task's value in words, per JSON form of its kind, for the kinds whose entry gives no `demo_caption`.
+FORM_WORDS = {
+    "points": lambda points: f"{len(points)} points (green)",
+    "label_map": _regions,
+    "number": lambda number: f"{number:.2f}",
+    "named_values": lambda values: ", ".join(f"{name.replace('_', ' ')} {value:.3g}" for name, value in values.items()),
+    "vector": _norm,
+}
 
 
 def describe_task(spec: Any, value: Any) -> str:
-    """One task's result for one face, in words."""
-    if spec.kind == "age":
-        return f"{value:.0f} years"
-    if spec.kind == "classification":
-        return _top(value, TOP_EXPRESSIONS)
-    if spec.kind == "multilabel":
-        return _top(value, TOP_ATTRIBUTES)
-    if spec.kind == "landmarks":
-        return f"{len(value)} points (green)"
-    if spec.kind == "parsing":
-        present = np.unique(decode_label_map(value["mask"]))
-        names = [value["labels"][index] for index in present.tolist() if index > 0]
-        return f"{len(names)} regions: {', '.join(names)}" if names else "no region"
-    norm = math.sqrt(sum(component * component for component in value))
-    return f"{len(value)}-D, norm {norm:.3f}"
+    """One task's result for one face, in words: its kind's `demo_caption`, else its JSON form's words."""
+    kind = spec.kind_info
+    return (kind.demo_caption or FORM_WORDS[kind.json_form])(value)
 
 
 def face_panel(faces: list[dict], specs: list[Any]) -> str:

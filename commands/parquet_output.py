@@ -4,8 +4,9 @@ so memory stays flat on large runs.
 
 Columns: `source` (string), `frame` (int64; null for photos), `time_s` (float64; null for photos), `image_size`
 (list<int64>), `warning` (string, e.g. "no face found"), `faces` (a list of structs) and `other_json`. Each face's
-struct types the fields every model writes alike: `box`, `score`, `box_source`, `track_id` (videos), `landmarks`,
-`age`, `expression` and `attributes` (maps of label to probability) and `embedding`. The rest of a face (the parsing
+struct types the fields every model writes alike: `box`, `score`, `box_source`, `track_id` (videos), and the result
+key of each task kind (`task_kinds.TASK_KINDS`) typed by its JSON form: `landmarks`, `age`, `expression` and
+`attributes` (maps of label to probability) and `embedding`. The rest of a face (the parsing
 mask's runs, `task_of`, `more`, `non_finite`, fields of tasks added with `add_task`) differs by model and task, and a
 Parquet schema is fixed before the first row, so it goes as a JSON object in the face's `other_json` (null when
 empty); so does a value of another type or a null (a non-finite value), which keeps `read_records` exact."""
@@ -17,6 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from ..task_kinds import TASK_KINDS
 from .errors import CommandError
 
 OUTPUT_FORMATS = ("jsonl", "parquet")
@@ -67,17 +69,10 @@ KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
     "scores": _is_scores,
     "faces": _is_faces,
 }
-FACE_COLUMNS = {
-    "box": "floats",
-    "score": "float",
-    "box_source": "string",
-    "track_id": "int",
-    "landmarks": "points",
-    "age": "float",
-    "expression": "scores",
-    "attributes": "scores",
-    "embedding": "floats",
-}
+# A face's fields every result has; its tasks' fields follow from the table of task kinds (`face_columns`).
+BASE_FACE_COLUMNS = {"box": "floats", "score": "float", "box_source": "string", "track_id": "int"}
+# The column type of each JSON form of a task kind's result; a label map differs per model and goes to other_json.
+FORM_COLUMNS = {"points": "points", "number": "float", "named_values": "scores", "vector": "floats"}
 RECORD_COLUMNS = {
     "source": "string",
     "frame": "int",
@@ -88,11 +83,21 @@ RECORD_COLUMNS = {
 }
 
 
-def record_schema():
-    """The Parquet file's schema (a `pyarrow.Schema`): `RECORD_COLUMNS`, faces as `FACE_COLUMNS`, `other_json`."""
+def face_columns() -> dict[str, str]:
+    """A face's typed columns: `BASE_FACE_COLUMNS`, then per task kind (`task_kinds.TASK_KINDS`) its result key
+    typed by its JSON form (`FORM_COLUMNS`), e.g. `landmarks` points, `age` float, `expression` scores."""
+    columns = dict(BASE_FACE_COLUMNS)
+    for kind in TASK_KINDS.values():
+        if kind.json_form in FORM_COLUMNS:
+            columns.setdefault(kind.result_key, FORM_COLUMNS[kind.json_form])
+    return columns
+
+
+def _column_types() -> dict:
+    """The `pyarrow.DataType` of each column type but "faces"."""
     import pyarrow as pa
 
-    types = {
+    return {
         "float": pa.float64(),
         "int": pa.int64(),
         "string": pa.string(),
@@ -102,10 +107,17 @@ def record_schema():
         "scores": pa.map_(pa.string(), pa.float64()),
     }
 
+
+def record_schema():
+    """The Parquet file's schema (a `pyarrow.Schema`): `RECORD_COLUMNS`, faces as `face_columns()`, `other_json`."""
+    import pyarrow as pa
+
+    types = _column_types()
+
     def fields(columns: dict[str, str]) -> list[tuple[str, pa.DataType]]:
         return [*((name, types[kind]) for name, kind in columns.items()), (OTHER_COLUMN, pa.string())]
 
-    types["faces"] = pa.list_(pa.struct(fields(FACE_COLUMNS)))
+    types["faces"] = pa.list_(pa.struct(fields(face_columns())))
     return pa.schema(fields(RECORD_COLUMNS))
 
 
@@ -126,7 +138,8 @@ def _to_row(record: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
 def _copy(value: Any, kind: str) -> Any:
     """A copy of `value` for a row held until its row group is written: the caller may change its result meanwhile."""
     if kind == "faces":
-        return [_to_row(face, FACE_COLUMNS) for face in value]
+        columns = face_columns()
+        return [_to_row(face, columns) for face in value]
     if kind == "points":
         return [list(point) for point in value]
     if kind in ("floats", "ints"):
@@ -134,14 +147,14 @@ def _copy(value: Any, kind: str) -> Any:
     return dict(value) if kind == "scores" else value
 
 
-def _from_row(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
-    """The record that `_to_row` made `row` of."""
+def _from_row(row: dict[str, Any], columns: dict[str, str], faces: dict[str, str]) -> dict[str, Any]:
+    """The record that `_to_row` made `row` of, with `faces` the face columns of its file."""
     record = {}
     for key, value in row.items():
         if key == OTHER_COLUMN or value is None:
             continue
         if columns[key] == "faces":
-            value = [_from_row(face, FACE_COLUMNS) for face in value]
+            value = [_from_row(face, faces, faces) for face in value]
         elif columns[key] == "scores":
             value = dict(value)  # pyarrow reads a map as (key, value) pairs
         record[key] = value
@@ -211,14 +224,29 @@ def write_record(output: Any, result: dict[str, Any], line: str) -> None:
         output.write(line)
 
 
+def _column_type_of(data_type: Any) -> str | None:
+    """The column type (of `_column_types`) a `pyarrow.DataType` read from a file is; a map is "scores"."""
+    import pyarrow as pa
+
+    if pa.types.is_map(data_type):
+        return "scores"
+    if pa.types.is_list(data_type):
+        item = data_type.value_type
+        return "points" if pa.types.is_list(item) else "ints" if pa.types.is_integer(item) else "floats"
+    return next((kind for kind, known in _column_types().items() if data_type.equals(known)), None)
+
+
 def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """The records of a Parquet file `faceptor predict` wrote, as the JSON lines hold them, one row group at a time."""
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
+    # The file's own face columns: it may have been written with task kinds this process does not have.
+    face_struct = parquet.schema_arrow.field("faces").type.value_type
+    faces = {field.name: _column_type_of(field.type) for field in face_struct if field.name != OTHER_COLUMN}
     for group in range(parquet.num_row_groups):
         for row in parquet.read_row_group(group).to_pylist():
-            yield _from_row(row, RECORD_COLUMNS)
+            yield _from_row(row, RECORD_COLUMNS, faces)
 
 
 def check_output_format(output_format: str, output: str | None) -> None:

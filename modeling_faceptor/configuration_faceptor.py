@@ -7,22 +7,15 @@ import numbers
 import sys
 import types
 import typing
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from transformers import PreTrainedConfig
 
+from .task_kinds import TASK_KINDS, TaskKind
 from .task_presets import PRESETS
 
-# Each task kind belongs to one category; the category decides which shared output module serves it.
-TASK_KIND_CATEGORY = {
-    "landmarks": "dense",
-    "parsing": "dense",
-    "age": "attribute",
-    "classification": "attribute",
-    "multilabel": "attribute",
-    "embedding": "identity",
-}
 # Official input sizes: dense tasks at 512 px, attribute and identity tasks at 112 px.
 CATEGORY_INPUT_SIZE = {"dense": 512, "attribute": 112, "identity": 112}
 LAYER_EMBEDDING_SCOPES = ("shared", "per_task")
@@ -70,7 +63,8 @@ class TaskSpec:
 
     Args:
         name: unique name, e.g. `"age_morph2"`.
-        kind: one of `landmarks`, `parsing`, `age`, `classification`, `multilabel`, `embedding`.
+        kind: a kind of `task_kinds.TASK_KINDS`: `landmarks`, `parsing`, `age`, `classification`, `multilabel`,
+            `embedding`.
         num_queries: decoder queries of the task (one per landmark, class, attribute or age); 0 for
             `embedding`, which reads the encoder directly. Defaults to `len(labels)`.
         labels: a name per query (class, attribute or landmark names); optional for landmarks and age.
@@ -91,11 +85,11 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or not self.name.isidentifier():
             raise ValueError(f"Task name {self.name!r} must be a non-empty identifier (letters, digits, '_').")
-        if self.kind not in TASK_KIND_CATEGORY:
+        if self.kind not in TASK_KINDS:
             raise ValueError(
-                f"Task {self.name!r} has unknown kind {self.kind!r}; expected one of {sorted(TASK_KIND_CATEGORY)}."
+                f"Task {self.name!r} has unknown kind {self.kind!r}; expected one of {sorted(TASK_KINDS)}."
             )
-        category = TASK_KIND_CATEGORY[self.kind]
+        category = TASK_KINDS[self.kind].category
         if self.category is not None and self.category != category:
             raise ValueError(
                 f"Task {self.name!r}: kind {self.kind!r} belongs to category {category!r}, not {self.category!r}."
@@ -150,6 +144,16 @@ class TaskSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def kind_info(self) -> TaskKind:
+        """The entry of the task's kind in `task_kinds.TASK_KINDS` (decoding, result key, JSON form, ...)."""
+        return TASK_KINDS[self.kind]
+
+
+# Each live config's task specs with the `tasks` they were built from, by the config's id: not in the config's
+# __dict__, which transformers saves and compares configs by.
+_TASK_SPECS: dict[int, tuple[list[dict], dict[str, TaskSpec]]] = {}
+
 
 class TaskConfigMixin:
     """What every Faceptor-family config derives from its `tasks` and encoder depth."""
@@ -171,8 +175,17 @@ class TaskConfigMixin:
 
     @property
     def task_specs(self) -> dict[str, TaskSpec]:
-        """The tasks by name, as [`TaskSpec`] objects, in config order."""
-        return {spec["name"]: TaskSpec.from_any(spec) for spec in self.tasks}
+        """The tasks by name, as [`TaskSpec`] objects, in config order. Built and validated once per change of
+        `tasks` (a new list, or an edit of the list in place), not on every forward; the specs are shared, so treat
+        them as read-only and change a task through `tasks`."""
+        cached = _TASK_SPECS.get(id(self))
+        if cached is None or cached[0] != self.tasks:
+            if cached is None:  # the entry leaves with the config (the config's __dict__ is its saved form)
+                weakref.finalize(self, _TASK_SPECS.pop, id(self), None)
+            snapshot = copy.deepcopy(self.tasks)
+            cached = (snapshot, {spec["name"]: TaskSpec.from_any(spec) for spec in snapshot})
+            _TASK_SPECS[id(self)] = cached
+        return dict(cached[1])
 
     @property
     def task_names(self) -> list[str]:
@@ -323,4 +336,4 @@ class FaceptorConfig(TaskConfigMixin, PreTrainedConfig):
         return cls(**values)
 
 
-__all__ = ["FaceptorConfig", "TaskSpec", "TASK_KIND_CATEGORY"]
+__all__ = ["FaceptorConfig", "TaskSpec"]

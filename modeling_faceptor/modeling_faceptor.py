@@ -705,7 +705,78 @@ class FaceptorPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):
                 init.zeros_(module.num_batches_tracked)
 
 
-class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
+class FaceptorTaskModelMixin:
+    """What [`FaceptorModel`] and [`NaiveFaceptorModel`] share around their FaRL encoder (`self.encoder`): the tasks
+    by name, the input check, the patch embedding as input embeddings and FaRL's CLIP image features."""
+
+    @property
+    def task_specs(self) -> dict[str, TaskSpec]:
+        return self.config.task_specs
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding convolution, as ViT-style models give."""
+        return self.encoder.embeddings.patch_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.encoder.embeddings.patch_embedding = value
+
+    def resolve_tasks(self, tasks: str | Sequence[str] | None) -> list[TaskSpec]:
+        """The specs of the requested tasks (all tasks when `None`); a `ValueError` names any unknown one."""
+        specs = self.task_specs
+        if tasks is None:
+            return list(specs.values())
+        names = [tasks] if isinstance(tasks, str) else list(tasks)
+        if not names:
+            raise ValueError("No task requested: pass task names, or tasks=None for all tasks.")
+        unknown = [name for name in names if name not in specs]
+        if unknown:
+            raise ValueError(f"The model has no task {unknown}; its tasks are {list(specs)}.")
+        return [specs[name] for name in dict.fromkeys(names)]
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+            shape = getattr(pixel_values, "shape", type(pixel_values).__name__)
+            raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {shape}.")
+        channels, height, width = pixel_values.shape[1:]
+        if channels != self.config.num_channels:
+            raise ValueError(f"pixel_values has {channels} channels; the model expects {self.config.num_channels}.")
+        patch = self.config.patch_size
+        if height % patch or width % patch or height == 0 or width == 0:
+            raise ValueError(f"Image size {height}x{width} must be a positive multiple of the patch size {patch}.")
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        FaRL's CLIP image embedding as `pooler_output` `(batch, projection_dim)`: the class token of the top layer
+        through `post_layernorm` and `projection`, as CLIP's `get_image_features`; `last_hidden_state` is the top
+        layer's output, and `hidden_states` / `attentions` follow [`FaceptorModel.forward`]'s.
+        """
+        if self.config.projection_dim is None:
+            raise ValueError("This model has no image projection (config.projection_dim is None).")
+        self._check_pixel_values(pixel_values)
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        pixel_values = pixel_values.to(self.encoder.embeddings.patch_embedding.weight.dtype)
+        encoder_outputs = self.encoder(pixel_values, output_attentions=output_attentions)
+        last_hidden_state = encoder_outputs.last_hidden_state
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=self.encoder.projection(self.encoder.post_layernorm(last_hidden_state[:, 0])),
+            hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
+            attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class FaceptorModel(FaceptorTaskSetMixin, FaceptorTaskModelMixin, FaceptorPreTrainedModel):
     """Faceptor: one encoder pass, then every requested task decoded from its queries.
 
     Example:
@@ -742,30 +813,6 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
                 setattr(self, attribute, module_class(self.config))
                 created.append(getattr(self, attribute))
         return created
-
-    @property
-    def task_specs(self) -> dict[str, TaskSpec]:
-        return self.config.task_specs
-
-    def get_input_embeddings(self) -> nn.Module:
-        """The patch embedding convolution, as ViT-style models give."""
-        return self.encoder.embeddings.patch_embedding
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.encoder.embeddings.patch_embedding = value
-
-    def resolve_tasks(self, tasks: str | Sequence[str] | None) -> list[TaskSpec]:
-        """The specs of the requested tasks (all tasks when `None`); a `ValueError` names any unknown one."""
-        specs = self.task_specs
-        if tasks is None:
-            return list(specs.values())
-        names = [tasks] if isinstance(tasks, str) else list(tasks)
-        if not names:
-            raise ValueError("No task requested: pass task names, or tasks=None for all tasks.")
-        unknown = [name for name in names if name not in specs]
-        if unknown:
-            raise ValueError(f"The model has no task {unknown}; its tasks are {list(specs)}.")
-        return [specs[name] for name in dict.fromkeys(names)]
 
     def add_task(self, spec: TaskSpec | dict) -> int:
         """Adds a new-coming task (paper Sec. 1): only its queries, their position embeddings and, with
@@ -848,17 +895,6 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
         self.config.decoder_feature_layers = [*current, *layers]
         self.decoder.feature_layers = list(self.config.decoder_feature_layers)
         return added
-
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
-            shape = getattr(pixel_values, "shape", type(pixel_values).__name__)
-            raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {shape}.")
-        channels, height, width = pixel_values.shape[1:]
-        if channels != self.config.num_channels:
-            raise ValueError(f"pixel_values has {channels} channels; the model expects {self.config.num_channels}.")
-        patch = self.config.patch_size
-        if height % patch or width % patch or height == 0 or width == 0:
-            raise ValueError(f"Image size {height}x{width} must be a positive multiple of the patch size {patch}.")
 
     def forward(
         self,
@@ -1013,37 +1049,6 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorPreTrainedModel):
             task_outputs=task_outputs,
             decoder_tokens=decoder_tokens,
             pixel_embeddings=pixel_embeddings,
-            hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
-            attentions=encoder_outputs.attentions,
-        )
-        return output if return_dict else output.to_tuple()
-
-    def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> BaseModelOutputWithPooling | tuple:
-        r"""
-        FaRL's CLIP image embedding as `pooler_output` `(batch, projection_dim)`: the class token of the top layer
-        through `post_layernorm` and `projection`, as CLIP's `get_image_features`; `last_hidden_state` is the top
-        layer's output, and `hidden_states` / `attentions` follow [`FaceptorModel.forward`]'s.
-        """
-        if self.config.projection_dim is None:
-            raise ValueError("This model has no image projection (config.projection_dim is None).")
-        self._check_pixel_values(pixel_values)
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        pixel_values = pixel_values.to(self.encoder.embeddings.patch_embedding.weight.dtype)
-        encoder_outputs = self.encoder(pixel_values, output_attentions=output_attentions)
-        last_hidden_state = encoder_outputs.last_hidden_state
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=self.encoder.projection(self.encoder.post_layernorm(last_hidden_state[:, 0])),
             hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
             attentions=encoder_outputs.attentions,
         )

@@ -23,14 +23,13 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from .configuration_faceptor import TaskSpec
 from .configuration_naive_faceptor import NaiveFaceptorConfig
 from .modeling_faceptor import (
     CheckedLoadingMixin,
     FaceptorEncoder,
     FaceptorIdentityHead,
-    FaceptorModel,
     FaceptorPreTrainedModel,
+    FaceptorTaskModelMixin,
 )
 from .outputs_faceptor import FaceptorOutput
 
@@ -190,7 +189,7 @@ class NaiveFaceptorPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):
             FaceptorPreTrainedModel._init_weights(self, module)
 
 
-class NaiveFaceptorModel(NaiveFaceptorPreTrainedModel):
+class NaiveFaceptorModel(FaceptorTaskModelMixin, NaiveFaceptorPreTrainedModel):
     """Naive Faceptor: one encoder pass, then each requested task through its group's standardized head.
 
     Outputs have the forms of [`FaceptorModel`]'s, so the image processor, the pipeline and the losses serve
@@ -226,16 +225,6 @@ class NaiveFaceptorModel(NaiveFaceptorPreTrainedModel):
             else:
                 self.heads[group] = FaceptorIdentityHead(config)
         self.post_init()
-
-    @property
-    def task_specs(self) -> dict[str, TaskSpec]:
-        return self.config.task_specs
-
-    resolve_tasks = FaceptorModel.resolve_tasks
-    _check_pixel_values = FaceptorModel._check_pixel_values
-    get_image_features = FaceptorModel.get_image_features
-    get_input_embeddings = FaceptorModel.get_input_embeddings
-    set_input_embeddings = FaceptorModel.set_input_embeddings
 
     def output_channels(self, group: str) -> dict[str, slice]:
         """The channels of each task of a dense group in its head's output."""

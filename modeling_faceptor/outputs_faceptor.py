@@ -1,6 +1,5 @@
 """Output dataclass of [`FaceptorModel`] and [`NaiveFaceptorModel`]."""
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +11,7 @@ class FaceptorOutput(ModelOutput):
     r"""
     Outputs of [`FaceptorModel`] and [`NaiveFaceptorModel`]: the encoder's last hidden state, as every transformers
     model gives first, and the raw per-task outputs in the official code's form (before any upsampling, activation or
-    decoding; the image processor's `post_process_*` methods turn them into results).
+    decoding; the image processor's `post_process` turns them into results).
 
     With `return_dict=False` the model returns `to_tuple()`: the fields that are not `None`, in the order below, with
     each dict replaced by the tuple of its values (in the order of the requested tasks), so the tuple holds tensors
@@ -57,14 +56,3 @@ class FaceptorOutput(ModelOutput):
     def to_tuple(self) -> tuple:
         # Tracing, export and tuple users index tensors, so each per-task dict becomes the tuple of its values.
         return tuple(tuple(value.values()) if isinstance(value, dict) else value for value in super().to_tuple())
-
-    @property
-    def encoder_hidden_states(self) -> tuple[torch.FloatTensor, ...] | None:
-        """Deprecated (faceptor 0.1): every encoder layer's output, i.e. `hidden_states[1:]`."""
-        warnings.warn(
-            "`FaceptorOutput.encoder_hidden_states` is deprecated and will be removed: use `hidden_states`, whose "
-            "first entry is the embeddings' output (`encoder_hidden_states` is `hidden_states[1:]`).",
-            FutureWarning,
-            stacklevel=2,
-        )
-        return None if self.hidden_states is None else self.hidden_states[1:]

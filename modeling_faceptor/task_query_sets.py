@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .task_kinds import TASK_KINDS
+
 logger = logging.getLogger(__name__)
 
 TASK_SET_WEIGHTS_FILE = "task_query_set.safetensors"
@@ -40,16 +42,6 @@ FINGERPRINT_ALGORITHM = "faceptor-base-sha256-v1"
 FINGERPRINT_SKIPPED_SUFFIXES = ("num_batches_tracked",)
 # The decoder geometry a query set is shaped by; it must match the base's exactly.
 COMPATIBILITY_FIELDS = ("decoder_hidden_size", "layer_embedding_scope", "decoder_feature_layers")
-
-# Hub pipeline tags (huggingface.js tasks) of each task kind, for the card of a query set.
-KIND_PIPELINE_TAG = {
-    "landmarks": "keypoint-detection",
-    "parsing": "image-segmentation",
-    "age": "image-classification",
-    "classification": "image-classification",
-    "multilabel": "image-classification",
-    "embedding": "image-feature-extraction",
-}
 
 
 def _hub_integration() -> Any:
@@ -185,7 +177,7 @@ class FaceptorTaskSetMixin:
             base_model=description["base_model"],
             license=license,
             datasets=datasets,
-            pipeline_tag=KIND_PIPELINE_TAG[task["kind"]],
+            pipeline_tag=TASK_KINDS[task["kind"]].pipeline_tag,
             tags=["faceptor", "faceptor-task-query-set", task["kind"]],
         )
         text = (

@@ -10,11 +10,14 @@
 | `multilabel`     | logits `(B, A)`         | `attribute_probabilities`, `attribute_labels`                   |
 | `embedding`      | features `(B, D)`       | `normalized_embeddings`                                         |
 
+A task kind's entry (`task_kinds.TASK_KINDS`) names its decoding here; `find_decoding` resolves the name.
 Pure tensor functions on any device; the mapping to image coordinates and to label names stays with the
 callers. Half-precision inputs are decoded in float32; float64 ones keep their precision.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +88,17 @@ def normalized_embeddings(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(_floating(features), dim=1)
 
 
+def find_decoding(decoding: str | Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A task kind's decoding (`TaskKind.decoding`): the function of this module it names, or the function given."""
+    if callable(decoding):
+        return decoding
+    if decoding not in __all__ or decoding == "find_decoding":
+        raise ValueError(
+            f"No decoding named {decoding!r}; the decodings are {sorted(set(__all__) - {'find_decoding'})}."
+        )
+    return globals()[decoding]
+
+
 __all__ = [
     "age_probabilities",
     "attribute_labels",
@@ -92,6 +106,7 @@ __all__ = [
     "class_labels",
     "class_probabilities",
     "expected_age",
+    "find_decoding",
     "landmark_points",
     "normalized_embeddings",
     "parsing_labels",

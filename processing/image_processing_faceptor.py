@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from .decoding import (
     attribute_probabilities,
     class_probabilities,
     expected_age,
+    find_decoding,
     landmark_points,
     normalized_embeddings,
     parsing_labels,
@@ -43,8 +44,6 @@ from .resampling import antialiased_taps, bilinear_taps, sample_crops
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 HALF = [0.5, 0.5, 0.5]
-# Which crop group feeds each task category.
-CATEGORY_GROUP = {"dense": "dense", "attribute": "face", "identity": "face"}
 GROUPS = ("dense", "face", "parsing")
 # A face box at most this many times the image's longer side: a crop's resize weights grow with its window.
 MAX_BOX_TO_IMAGE = 8
@@ -224,18 +223,18 @@ class FaceptorImageProcessor(TorchvisionBackend):
         """The crop groups of a call with no tasks or group: all a model's tasks read."""
         return ("dense", "face", "parsing") if self.parsing_warp_factor > 0 else ("dense", "face")
 
-    def group_for(self, kind: str, category: str) -> str:
-        """The crop group a task reads: "dense", "face", or "parsing" (warped parsing crops)."""
-        if kind == "parsing" and self.parsing_warp_factor > 0:
-            return "parsing"
-        return CATEGORY_GROUP[category]
+    def group_for(self, spec: Any) -> str:
+        """The crop group a task (its `TaskSpec`) reads, as its kind's entry says: "dense", "face", or "parsing"
+        (warped dense crops, when this processor has a warp factor; the plain dense crops otherwise)."""
+        group = _kind_of(spec).crop_group
+        return "dense" if group == "parsing" and not self.parsing_warp_factor > 0 else group
 
     def groups_of(self, tasks: Sequence[Any]) -> dict[str, list[Any]]:
-        """Task specs (`TaskSpec`s or their dicts, e.g. from `model.resolve_tasks`) by the crop group they read,
-        in the order of `GROUPS`."""
+        """Task specs (`TaskSpec`s, e.g. from `model.resolve_tasks`) by the crop group they read, in the order of
+        `GROUPS`."""
         found = {group: [] for group in GROUPS}
         for spec in tasks:
-            found[self.group_for(_field(spec, "kind"), _field(spec, "category"))].append(spec)
+            found[self.group_for(spec)].append(spec)
         return {group: specs for group, specs in found.items() if specs}
 
     def group_settings(self, group: str) -> tuple[int, tuple, tuple, float]:
@@ -359,7 +358,7 @@ class FaceptorImageProcessor(TorchvisionBackend):
         images: an image or a list (paths, PIL images, numpy arrays or tensors, channels first or last).
         boxes: per image, a list of face boxes `[x0, y0, x1, y1]` in pixels, or `None` when the image is
             already one face crop (then the whole image is used, padded to a square).
-        tasks: the task specs to prepare for (`model.resolve_tasks(names)` or `model.config.tasks`), all reading
+        tasks: the task specs to prepare for (`model.resolve_tasks(names)`), all reading
             one size group; the output is what `model(**inputs)` takes: `pixel_values` `(F, 3, S, S)` for the F
             faces over all images and `tasks`, the names.
         group: `"dense"` (512 px), `"face"` (112 px) or `"parsing"` (warped dense crops): `pixel_values` of that
@@ -449,28 +448,21 @@ class FaceptorImageProcessor(TorchvisionBackend):
         crops: dict[str, torch.Tensor] = {}
         decoded = {}
         for spec in tasks:
-            name, kind = _field(spec, "name"), _field(spec, "kind")
+            name, kind = _field(spec, "name"), _kind_of(spec)
             values = raw[name]
-            group = self.group_for(kind, _field(spec, "category"))
+            group = self.group_for(spec)
             if group not in crops:
                 crops[group] = self.crop_boxes(geometry["face_boxes"], geometry["whole_image"], group)
             group_crops = crops[group].to(values.device)
-            if kind == "landmarks":
-                decoded[name] = normalized_to_pixels(
-                    landmark_points(values), group_crops[:, None, 2:], group_crops[:, None, :2]
-                )
-            elif kind == "parsing":
+            decode = find_decoding(kind.decoding)
+            if kind.json_form == "label_map":
                 warp = self.parsing_warp_factor if group == "parsing" else 0.0
-                maps = self.parsing_label_maps(values, group_crops, geometry["image_sizes"], warp)
+                maps = self.parsing_label_maps(values, group_crops, geometry["image_sizes"], warp, decode)
                 decoded[name] = label_map_runs(maps) if parsing_format == "runs" else maps
-            elif kind == "age":
-                decoded[name] = expected_age(values)
-            elif kind == "classification":
-                decoded[name] = class_probabilities(values)
-            elif kind == "multilabel":
-                decoded[name] = attribute_probabilities(values)
+            elif kind.json_form == "points":  # decoded in crop coordinates normalised to [0, 1]
+                decoded[name] = normalized_to_pixels(decode(values), group_crops[:, None, 2:], group_crops[:, None, :2])
             else:
-                decoded[name] = normalized_embeddings(values)
+                decoded[name] = decode(values)
         return decoded
 
     @staticmethod
@@ -487,11 +479,12 @@ class FaceptorImageProcessor(TorchvisionBackend):
         crops: torch.Tensor,
         image_sizes: torch.Tensor | Sequence[Sequence[int]],
         warp_factor: float = 0.0,
+        decode: Callable[[torch.Tensor], torch.Tensor] = parsing_labels,
     ) -> list[torch.Tensor]:
         """Raw parsing logits `(F, C, h, w)`, crops `(F, 3)` and each face's image size `(F, 2)` (height, width)
         -> per face an `(height, width)` uint8 label map of its image, on the logits' device. Each image pixel
         reads the logits bilinearly where its crop saw it (through `tanh_warp` with a `warp_factor`), then
-        `parsing_labels` takes the arg-max; without a warp only the crop's part of the image is computed, the
+        `decode` (`parsing_labels`) takes the arg-max; without a warp only the crop's part of the image is computed, the
         rest is background. The same sampling as upsampling the logits to the crop's side with `F.interpolate`
         (clamped at the border), without materialising the crop beyond the image; rows in bands to bound memory."""
         device = logits.device
@@ -523,7 +516,7 @@ class FaceptorImageProcessor(TorchvisionBackend):
                 sampled = F.grid_sample(
                     face_logits[None].float(), grid, mode="bilinear", padding_mode=padding, align_corners=False
                 )
-                canvas[start:stop, x0:x1] = parsing_labels(sampled)[0].to(torch.uint8)
+                canvas[start:stop, x0:x1] = decode(sampled)[0].to(torch.uint8)
             label_maps.append(canvas)
         return label_maps
 
@@ -574,6 +567,15 @@ def _image_extents(images: Sequence[torch.Tensor], image_index: torch.Tensor) ->
     # Each face's image height and width `(F,)`, on the faces' device.
     sizes = torch.tensor([list(image.shape[-2:]) for image in images], device=image_index.device)
     return sizes[image_index, 0], sizes[image_index, 1]
+
+
+def _kind_of(spec: Any) -> Any:
+    """A task's entry in the model's table of task kinds (`task_kinds.TASK_KINDS`), read through its `TaskSpec`:
+    this folder travels apart from the model's, so the spec carries the table here."""
+    kind = getattr(spec, "kind_info", None)
+    if kind is None:
+        raise TypeError(f"Task specs must be the model's TaskSpecs (model.resolve_tasks(names)), got {spec!r}.")
+    return kind
 
 
 def _field(spec: Any, name: str) -> Any:

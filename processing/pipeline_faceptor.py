@@ -28,15 +28,6 @@ from .streaming import DEFAULT_IMAGES_IN_FLIGHT, DEFAULT_WORKERS, make_decoder, 
 
 logger = logging.getLogger(__name__)
 
-# The result key of each task kind; the first requested task of a kind fills it, later ones go to "more".
-KIND_RESULT_KEY = {
-    "landmarks": "landmarks",
-    "parsing": "parsing",
-    "age": "age",
-    "classification": "expression",
-    "multilabel": "attributes",
-    "embedding": "embedding",
-}
 DEFAULT_BATCH_SIZE = 8  # faces per forward pass
 _UNSET = "unset"
 
@@ -88,6 +79,30 @@ def refuse_incomplete_model(model: torch.nn.Module, allow_missing_weights: bool 
             f"{source}: {len(non_finite)} tensors hold NaN or infinite values: {', '.join(non_finite[:5])}"
             + (", ..." if len(non_finite) > 5 else "")
         )
+
+
+def _names(spec: Any, count: int) -> list[str]:
+    # a task's label names, else `<prefix>_<index>` with its kind's prefix
+    return list(spec.labels or [f"{spec.kind_info.label_prefix}_{index}" for index in range(count)])
+
+
+def _label_map_json(spec: Any, value: Any) -> dict:
+    runs, size = value
+    return {"labels": _names(spec, spec.num_queries), "mask": runs_to_json(runs, size)}
+
+
+def _named_values_json(spec: Any, value: Any) -> dict:
+    return {name: round(number, 4) for name, number in zip(_names(spec, len(value)), value, strict=True)}
+
+
+# One face's decoded CPU value -> its JSON-ready value, per JSON form of a task kind (`TaskKind.json_form`).
+JSON_FORMATTERS: dict[str, Callable[[Any, Any], Any]] = {
+    "points": lambda spec, value: _round(value, 2),
+    "label_map": _label_map_json,
+    "number": lambda spec, value: round(float(value), 2),
+    "named_values": _named_values_json,
+    "vector": lambda spec, value: _round(value, 5),
+}
 
 
 @dataclass(eq=False)
@@ -432,7 +447,7 @@ class FacePerceptionPipeline(ChunkPipeline):
         results = processor.post_process(task_outputs, specs, sizes, face_rows, parsing_format="runs")
         for spec in specs:
             values = results[spec.name]
-            if spec.kind == "parsing":
+            if spec.kind_info.json_form == "label_map":
                 # One transfer for all faces' runs, split on the CPU.
                 lengths = [len(runs) for runs in values]
                 per_face = torch.cat(values).cpu().split(lengths) if values else []
@@ -460,7 +475,7 @@ class FacePerceptionPipeline(ChunkPipeline):
             }
             for spec in specs:
                 value = self._format(spec, output["task:" + spec.name])
-                key = KIND_RESULT_KEY[spec.kind]
+                key = spec.kind_info.result_key
                 if key not in face:
                     face[key] = value
                     face.setdefault("task_of", {})[key] = spec.name
@@ -474,21 +489,8 @@ class FacePerceptionPipeline(ChunkPipeline):
 
     @staticmethod
     def _format(spec: Any, value: Any) -> Any:
-        """One face's decoded CPU tensor -> its JSON-ready value."""
-        kind, labels = spec.kind, spec.labels
-        if kind == "landmarks":
-            return _round(value, 2)
-        if kind == "parsing":
-            runs, size = value
-            names = labels or [f"class_{index}" for index in range(spec.num_queries)]
-            return {"labels": list(names), "mask": runs_to_json(runs, size)}
-        if kind == "age":
-            return round(float(value), 2)
-        if kind in ("classification", "multilabel"):
-            prefix = "class" if kind == "classification" else "attribute"
-            names = labels or [f"{prefix}_{index}" for index in range(len(value))]
-            return {name: round(probability, 4) for name, probability in zip(names, value, strict=True)}
-        return _round(value, 5)
+        """One face's decoded CPU value -> its JSON-ready value, in the JSON form of the task's kind."""
+        return JSON_FORMATTERS[spec.kind_info.json_form](spec, value)
 
 
 __all__ = ["FacePerceptionPipeline"]

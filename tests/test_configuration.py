@@ -28,6 +28,18 @@ def test_full_preset_has_all_thirteen_datasets():
     assert {name: specs[name].num_queries for name in added} == added
 
 
+def test_task_specs_are_built_once_per_change_of_the_tasks():
+    config = FaceptorConfig.from_preset("faceptor-base")
+    first = config.task_specs
+    assert all(spec is config.task_specs[name] for name, spec in first.items())  # not rebuilt per forward
+    config.tasks = [*config.tasks, {**config.tasks[1], "name": "age_again"}]  # as add_task changes them
+    assert list(config.task_specs)[-1] == "age_again" and config.task_specs["age_morph2"] is not first["age_morph2"]
+    config.tasks[1]["labels"] = [str(age) for age in range(101)]  # an edit in place is a change too
+    assert config.task_specs["age_morph2"].labels[:2] == ["0", "1"]
+    built, fresh = FaceptorConfig.from_preset("faceptor-base"), FaceptorConfig.from_preset("faceptor-base")
+    assert built.task_specs and built == fresh and built.to_json_string() == fresh.to_json_string()  # not saved
+
+
 def test_default_config_is_faceptor_base():
     assert FaceptorConfig().tasks == FaceptorConfig.from_preset("faceptor-base").tasks
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from faceptor.processing import detection
+from faceptor.processing import detection, mtcnn_networks, onnx_weights, pillow_resampling
 from faceptor.processing.detection import MTCNNDetector, load_default_detector
 
 skimage_data = pytest.importorskip("skimage.data", reason="the test photos come from scikit-image")
@@ -62,7 +62,7 @@ class OnnxRuntimeMTCNN:
 
     def __init__(self):
         onnxruntime = pytest.importorskip("onnxruntime")
-        folder = detection._default_weights_dir()
+        folder = mtcnn_networks.default_weights_dir()
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         self.pnet, self.rnet, self.onet = (
@@ -216,7 +216,7 @@ def test_a_tensor_batch_equals_a_list_of_arrays(detector):
 
 def test_the_networks_match_onnxruntime():
     onnxruntime = pytest.importorskip("onnxruntime")
-    folder = detection._default_weights_dir()
+    folder = mtcnn_networks.default_weights_dir()
     networks = detection.load_mtcnn_networks()
     rng = np.random.default_rng(0)
     for network, name, shape in zip(
@@ -238,9 +238,9 @@ def test_the_weights_reader_matches_onnx():
     import onnx
 
     for name in detection.WEIGHT_FILES:
-        path = detection._default_weights_dir() / name
+        path = mtcnn_networks.default_weights_dir() / name
         expected = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
-        read = detection.read_onnx_initializers(path)
+        read = onnx_weights.read_onnx_initializers(path)
         assert read.keys() == expected.keys()
         for key, array in expected.items():
             np.testing.assert_array_equal(read[key], array)
@@ -252,18 +252,18 @@ def test_the_weights_reader_matches_onnx():
 def test_torch_resize_equals_pillow_bit_for_bit(shape, size):
     image = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
     expected = Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR, reducing_gap=3.0)
-    resized = detection._resize_like_pillow(torch.from_numpy(image).permute(2, 0, 1)[None], *size, 3.0)
+    resized = pillow_resampling.resize_like_pillow(torch.from_numpy(image).permute(2, 0, 1)[None], *size, 3.0)
     np.testing.assert_array_equal(resized[0].permute(1, 2, 0).numpy(), np.asarray(expected))
 
 
 def test_torch_crops_equal_pillow_crops_bit_for_bit():
     image = np.random.default_rng(2).integers(0, 256, (90, 70, 3), dtype=np.uint8)
     boxes = [(-10, -5, 30, 40), (60, 80, 100, 120), (5, 5, 6, 6), (0, 0, 70, 90), (20, 30, 44, 54), (-50, 10, 200, 20)]
-    flat, base, heights, widths = detection._flatten_images([torch.from_numpy(image).permute(2, 0, 1)])
+    flat, base, heights, widths = pillow_resampling.flatten_images([torch.from_numpy(image).permute(2, 0, 1)])
     corners = torch.tensor(boxes)
     in_size = torch.stack([corners[:, 3] - corners[:, 1], corners[:, 2] - corners[:, 0]], dim=1)
     owners = torch.zeros(len(boxes), dtype=torch.int64)
-    crops = detection._resample(
+    crops = pillow_resampling.resample_like_pillow(
         flat, base[owners], heights[owners], widths[owners], corners[:, [1, 0]], in_size, in_size.double(), (24, 24)
     )
     for crop, box in zip(crops, boxes, strict=True):

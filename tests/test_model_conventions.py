@@ -82,9 +82,8 @@ def test_hidden_states_are_the_embeddings_and_every_layer(architecture):
     assert out.hidden_states[-1] is out.last_hidden_state
     embeddings = model.encoder.pre_layernorm(model.encoder.embeddings(inputs)[0])
     torch.testing.assert_close(out.hidden_states[0], embeddings)
-    with pytest.warns(FutureWarning, match="hidden_states"):
-        legacy = out.encoder_hidden_states  # faceptor 0.1's name: one entry per layer
-    assert len(legacy) == layers and all(a is b for a, b in zip(legacy, out.hidden_states[1:], strict=True))
+    # faceptor 0.1's `encoder_hidden_states` (hidden_states[1:]) is gone: one name for one thing
+    assert not hasattr(out, "encoder_hidden_states") and "encoder_hidden_states" not in out
 
 
 def test_attentions_under_eager_and_none_under_sdpa(architecture):

@@ -11,9 +11,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..processing.mask_encoding import decode_label_map
+from ..task_kinds import TASK_KINDS
 
 OVERLAY_OPACITY = 0.45
-TOP_ATTRIBUTES = 3
+GENERIC_CAPTION_VALUES = 3  # named values written of a kind whose entry gives no picture caption
 # Captions: font size per pixel of face height (bounded), padding and gap to the box in pixels, and the search
 # around each face: positions slid along each side and rings further out.
 FONT_PER_FACE_HEIGHT, MIN_FONT_SIZE = 0.2, 9
@@ -37,17 +38,32 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _generic_caption(key: str, form: str, value: object) -> list[str]:
+    """The lines of a value whose kind gives no picture caption: a number or named values written out; points,
+    label maps and vectors are drawn or not shown."""
+    if form == "number":
+        return [f"{key} {value:.1f}"]
+    if form == "named_values":
+        return [
+            f"{name.replace('_', ' ')} {number:.1f}" for name, number in list(value.items())[:GENERIC_CAPTION_VALUES]
+        ]
+    return []
+
+
 def face_caption(face: dict) -> list[str]:
+    """The lines written beside a face: per task kind in the table's order, its value in its kind's words."""
     lines = []
-    if "age" in face:
-        lines.append(f"age {face['age']:.0f}")
-    if "expression" in face:
-        label, probability = max(face["expression"].items(), key=lambda item: item[1])
-        lines.append(f"{label} {probability:.0%}")
-    if "attributes" in face:
-        top = sorted(face["attributes"].items(), key=lambda item: -item[1])[:TOP_ATTRIBUTES]
-        lines += [f"{name.replace('_', ' ')} {probability:.0%}" for name, probability in top]
+    for kind in TASK_KINDS.values():
+        if kind.result_key in face:
+            value = face[kind.result_key]
+            caption = kind.picture_caption
+            lines += caption(value) if caption else _generic_caption(kind.result_key, kind.json_form, value)
     return lines
+
+
+def _values_of_form(face: dict, form: str) -> list:
+    # a face's values whose kind's result is of JSON form `form` (landmarks' points, parsing's label map)
+    return [face[kind.result_key] for kind in TASK_KINDS.values() if kind.json_form == form and kind.result_key in face]
 
 
 def _beside(size: tuple[int, int], box: np.ndarray, gap: int) -> np.ndarray:
@@ -132,10 +148,7 @@ def draw_result(image: np.ndarray, result: dict) -> Image.Image:
     image when a parsing legend is drawn on the right)."""
     canvas = image.astype(np.float32)
     legend: dict[str, tuple[int, int, int]] = {}
-    for face in result.get("faces", []):
-        parsing = face.get("parsing")
-        if parsing is None:
-            continue
+    for parsing in (value for face in result.get("faces", []) for value in _values_of_form(face, "label_map")):
         labels = decode_label_map(parsing["mask"])
         colours = class_colours(len(parsing["labels"]))
         painted = labels > 0
@@ -152,7 +165,7 @@ def draw_result(image: np.ndarray, result: dict) -> Image.Image:
         x0, y0, x1, y1 = face["box"]
         draw.rectangle([x0, y0, x1, y1], outline=(255, 255, 0), width=line_width)
         radius = max(1.5, 2.0 * scale)
-        for x, y in face.get("landmarks", []):
+        for x, y in (point for points in _values_of_form(face, "points") for point in points):
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(0, 255, 0))
     captions = [
         (face, caption)

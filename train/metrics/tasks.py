@@ -17,26 +17,21 @@ import torch
 
 from ...processing.decoding import attribute_labels, class_labels, expected_age, landmark_points, parsing_labels
 from ...processing.geometry import normalized_to_pixels
+from ...task_kinds import TASK_KINDS
 from ._common import canonical_dataset, to_numpy
 
-TASK_KINDS = ("landmarks", "parsing", "age", "classification", "multilabel", "embedding")
 DENSE_INPUT_SIZE = 512
 
 
 def _metric_class(kind: str):
+    """The metric class of `kind`, as its entry in the table of task kinds names it."""
     from . import modules
 
-    classes = {
-        "landmarks": modules.FaceLandmarkNME,
-        "parsing": modules.FaceParsingF1,
-        "age": modules.AgeEstimationError,
-        "classification": modules.ExpressionAccuracy,
-        "multilabel": modules.AttributeAccuracy,
-        "embedding": modules.VerificationAccuracy,
-    }
-    if kind not in classes:
-        raise ValueError(f"Unknown task kind {kind!r}; expected one of {TASK_KINDS}.")
-    return classes[kind]
+    if kind not in TASK_KINDS:
+        raise ValueError(f"Unknown task kind {kind!r}; expected one of {tuple(TASK_KINDS)}.")
+    if TASK_KINDS[kind].metric is None:
+        raise ValueError(f"Task kind {kind!r} has no metric.")
+    return getattr(modules, TASK_KINDS[kind].metric)
 
 
 def metric_for_task(kind: str, dataset: str | None = None, **kwargs):
@@ -77,7 +72,7 @@ def preprocess_logits_for_task(
     the metric scores (points, label maps, ages, class indices, 0/1 attributes; embeddings unchanged), with
     the decoding functions of `faceptor.processing.decoding`."""
     if kind not in TASK_KINDS:
-        raise ValueError(f"Unknown task kind {kind!r}; expected one of {TASK_KINDS}.")
+        raise ValueError(f"Unknown task kind {kind!r}; expected one of {tuple(TASK_KINDS)}.")
 
     def reduce(logits, labels):
         logits = _first(logits)
