@@ -720,7 +720,7 @@ class FaceptorTaskModelMixin:
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.encoder.embeddings.patch_embedding = value
 
-    def resolve_tasks(self, tasks: str | Sequence[str] | None) -> list[TaskSpec]:
+    def resolve_tasks(self, tasks: str | Sequence[str] | None = None) -> list[TaskSpec]:
         """The specs of the requested tasks (all tasks when `None`); a `ValueError` names any unknown one."""
         specs = self.task_specs
         if tasks is None:

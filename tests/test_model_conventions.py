@@ -185,7 +185,7 @@ def test_model_takes_the_processors_default_output_and_returns_every_task():
         named = model(**processor(image, boxes=[box], tasks=model.resolve_tasks(None)))
     assert list(outputs.task_outputs) == model.config.task_names
     torch.testing.assert_close(outputs.task_outputs, named.task_outputs)
-    results = processor.post_process(outputs, model.config.tasks, [(image.height, image.width)], [[box]])
+    results = processor.post_process(outputs, model.resolve_tasks(), [(image.height, image.width)], [[box]])
     assert set(results) == set(model.config.task_names)
     for name, spec in model.task_specs.items():
         if spec.kind == "landmarks":  # on the face: within its crop
