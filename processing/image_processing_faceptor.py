@@ -487,37 +487,27 @@ class FaceptorImageProcessor(TorchvisionBackend):
         `decode` (`parsing_labels`) takes the arg-max; without a warp only the crop's part of the image is computed, the
         rest is background. The same sampling as upsampling the logits to the crop's side with `F.interpolate`
         (clamped at the border), without materialising the crop beyond the image; rows in bands to bound memory."""
-        device = logits.device
+        device, count = logits.device, len(logits)
         crops = torch.as_tensor(crops, dtype=torch.float32).to(device)
         sizes = torch.as_tensor(image_sizes).tolist()
-        label_maps = []
-        for face_logits, (left, top, side), (height, width) in zip(logits, crops.tolist(), sizes, strict=True):
-            canvas = torch.zeros(int(height), int(width), dtype=torch.uint8, device=device)
+        # Each face's region of its image that reads its logits: the crop's part of the image, or all of it.
+        regions = []
+        for (left, top, side), (height, width) in zip(crops.tolist(), sizes, strict=True):
             if warp_factor > 0:
-                x0, y0, x1, y1 = 0, 0, int(width), int(height)
+                regions.append((0, 0, int(width), int(height)))
             else:
                 x0, y0 = max(int(left), 0), max(int(top), 0)
                 x1, y1 = min(int(left + side), int(width)), min(int(top + side), int(height))
-            if x1 <= x0 or y1 <= y0:
-                label_maps.append(canvas)
-                continue
-            map_height, map_width = face_logits.shape[-2:]
-            pixel_columns = torch.arange(x0, x1, dtype=torch.float32, device=device)
-            columns = _crop_grid(pixel_columns, left, side, map_width, warp_factor)
-            band = max(1, PARSING_BAND_ELEMENTS // max(1, (x1 - x0) * face_logits.shape[0]))
-            for start in range(y0, y1, band):
-                stop = min(start + band, y1)
-                pixel_rows = torch.arange(start, stop, dtype=torch.float32, device=device)
-                rows = _crop_grid(pixel_rows, top, side, map_height, warp_factor)
-                grid = torch.stack(torch.meshgrid(columns, rows, indexing="xy"), dim=-1)[None]
-                # "border" reproduces `F.interpolate`'s clamping at the crop's edge; beyond a warped crop's
-                # border the logits are zero, as the official unwarping leaves them.
-                padding = "zeros" if warp_factor > 0 else "border"
-                sampled = F.grid_sample(
-                    face_logits[None].float(), grid, mode="bilinear", padding_mode=padding, align_corners=False
-                )
-                canvas[start:stop, x0:x1] = decode(sampled)[0].to(torch.uint8)
-            label_maps.append(canvas)
+                regions.append((x0, y0, max(x0, x1), max(y0, y1)))
+        label_maps = [torch.zeros(int(h), int(w), dtype=torch.uint8, device=device) for h, w in sizes]
+        if not count:
+            return label_maps
+        for group in _similar_regions(regions):  # faces at once, on regions padded to the group's largest
+            index = torch.tensor(group, device=device)
+            labels = _sample_labels(logits[index], crops[index], [regions[i] for i in group], warp_factor)
+            for face, face_labels in zip(group, labels, strict=True):
+                x0, y0, x1, y1 = regions[face]
+                label_maps[face][y0:y1, x0:x1] = face_labels[: y1 - y0, : x1 - x0]
         return label_maps
 
     @staticmethod
@@ -555,6 +545,54 @@ class FaceptorImageProcessor(TorchvisionBackend):
         """`(F, D)` identity features -> L2-normalised `(F, D)` embeddings (`normalized_embeddings`; compare
         by dot product)."""
         return normalized_embeddings(features).cpu().numpy()
+
+
+def _similar_regions(regions: Sequence[tuple[int, int, int, int]]) -> list[list[int]]:
+    """Faces with a non-empty region, in groups whose padding to the group's largest region costs at most twice
+    their own pixels: the largest first, then the next while that holds."""
+    areas = {index: (x1 - x0) * (y1 - y0) for index, (x0, y0, x1, y1) in enumerate(regions)}
+    order = sorted((index for index, area in areas.items() if area > 0), key=lambda index: -areas[index])
+    groups: list[list[int]] = []
+    for index in order:
+        if groups:
+            group = groups[-1]
+            width = max(regions[i][2] - regions[i][0] for i in (*group, index))
+            height = max(regions[i][3] - regions[i][1] for i in (*group, index))
+            if (len(group) + 1) * width * height <= 2 * sum(areas[i] for i in (*group, index)):
+                group.append(index)
+                continue
+        groups.append([index])
+    return groups
+
+
+def _sample_labels(
+    logits: torch.Tensor, crops: torch.Tensor, regions: Sequence[tuple[int, int, int, int]], warp_factor: float
+) -> torch.Tensor:
+    """Faces' logits `(F, C, h, w)`, crops `(F, 3)` and image regions (x0, y0, x1, y1) -> `(F, Rh, Rw)` uint8
+    labels of each region from its top-left corner (Rh, Rw: the largest region's), in bands of rows. Each pixel
+    reads the logits bilinearly where its crop saw it (through `tanh_warp` with a `warp_factor`)."""
+    device, count = logits.device, len(logits)
+    region_width = max(x1 - x0 for x0, _, x1, _ in regions)
+    region_height = max(y1 - y0 for _, y0, _, y1 in regions)
+    origins = torch.tensor([region[:2] for region in regions], dtype=torch.float32, device=device)
+    map_height, map_width = logits.shape[-2:]
+    left, top, side = (crops[:, index : index + 1] for index in range(3))
+    offsets_x = torch.arange(region_width, dtype=torch.float32, device=device)
+    columns = _crop_grid(origins[:, :1] + offsets_x, left, side, map_width, warp_factor)  # (F, Rw)
+    # "border" reproduces `F.interpolate`'s clamping at the crop's edge; beyond a warped crop's border the logits
+    # are zero, as the official unwarping leaves them.
+    padding = "zeros" if warp_factor > 0 else "border"
+    floating = logits.float()
+    band = max(1, PARSING_BAND_ELEMENTS // max(1, region_width * logits.shape[1] * count))
+    labels = torch.empty(count, region_height, region_width, dtype=torch.uint8, device=device)
+    for start in range(0, region_height, band):
+        stop = min(start + band, region_height)
+        offsets_y = torch.arange(start, stop, dtype=torch.float32, device=device)
+        rows = _crop_grid(origins[:, 1:] + offsets_y, top, side, map_height, warp_factor)  # (F, band)
+        grid = torch.stack(torch.broadcast_tensors(columns[:, None, :], rows[:, :, None]), dim=-1)
+        sampled = F.grid_sample(floating, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+        labels[:, start:stop] = parsing_labels(sampled).to(torch.uint8)
+    return labels
 
 
 def _crop_grid(pixels: torch.Tensor, origin: float, side: float, extent: int, warp_factor: float) -> torch.Tensor:
