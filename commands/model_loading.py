@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,4 +95,74 @@ def load_model_folder(
     return model.eval()
 
 
-__all__ = ["load_model_folder", "no_progress_bars", "quiet_transformers", "unreadable_weight_files"]
+PROCESSOR_FILE = "preprocessor_config.json"
+CROP_SIDES = (16, 2048)  # crop sides a model can be run at: below, no face; above, no memory or position table
+
+
+def load_image_processor(path: str | os.PathLike):
+    """The `FaceptorImageProcessor` saved in model folder `path`, validated, or a `CommandError` naming the folder:
+    no `preprocessor_config.json` (the model's crops are not known: the defaults would run it at other sizes and
+    move every landmark), a file that is not a JSON object, or settings no model runs with (see
+    `check_image_processor`). The rule: a model folder carries its processor; nothing falls back to defaults."""
+    from ..processing.image_processing_faceptor import FaceptorImageProcessor
+
+    path = os.fspath(path)
+    settings_file = os.path.join(path, PROCESSOR_FILE)
+    if not os.path.isfile(settings_file):
+        raise CommandError(
+            f"{path}: no {PROCESSOR_FILE}; a model folder needs the image processor it was trained "
+            "with (save it with processor.save_pretrained(folder))"
+        )
+    try:
+        with open(settings_file, encoding="utf-8") as handle:
+            settings = json.load(handle)
+        if not isinstance(settings, dict):
+            raise ValueError(f"a JSON {type(settings).__name__}, not an object")
+    except (OSError, ValueError) as error:
+        raise CommandError(f"{settings_file}: not a readable JSON object ({error_summary(error)})") from None
+    try:
+        with quiet_transformers():
+            processor = FaceptorImageProcessor.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as error:
+        raise CommandError(f"{settings_file}: cannot load the image processor ({error_summary(error)})") from None
+    problem = check_image_processor(processor)
+    if problem is not None:
+        raise CommandError(f"{settings_file}: {problem}")
+    return processor
+
+
+def check_image_processor(processor: Any) -> str | None:
+    """What is wrong with an image processor's settings, or None: crop sides outside `CROP_SIDES`, a mean or std
+    that is not 3 finite numbers, a std of 0 (every crop would divide by zero), box scales that are not positive."""
+    low, high = CROP_SIDES
+    for group in ("dense", "face"):
+        size = getattr(processor, f"{group}_size", None)
+        if type(size) is not int or not low <= size <= high:
+            return f"{group}_size {size!r}: crop sides must be whole numbers in {low}..{high}"
+        for name in ("mean", "std"):
+            values = getattr(processor, f"{group}_{name}", None)
+            try:
+                numbers = [float(value) for value in values]
+            except (TypeError, ValueError):
+                return f"{group}_{name} {values!r}: expected 3 numbers"
+            if len(numbers) != 3 or not all(math.isfinite(number) for number in numbers):
+                return f"{group}_{name} {values!r}: expected 3 finite numbers"
+            if name == "std" and min(numbers) <= 0:
+                return f"{group}_std {values!r}: must be positive (a std of 0 divides every pixel by zero)"
+        scale = getattr(processor, f"{group}_box_scale", None)
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < 100:
+            return f"{group}_box_scale {scale!r}: must be a number in (0, 100)"
+    warp = getattr(processor, "parsing_warp_factor", 0)
+    if not isinstance(warp, (int, float)) or isinstance(warp, bool) or not 0 <= warp < 100:
+        return f"parsing_warp_factor {warp!r}: must be a number in [0, 100)"
+    return None
+
+
+__all__ = [
+    "check_image_processor",
+    "load_image_processor",
+    "load_model_folder",
+    "no_progress_bars",
+    "quiet_transformers",
+    "unreadable_weight_files",
+]
