@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..processing.image_loading import MIN_IMAGE_SIDE, ImageLoadError, load_image
+from ..processing.image_loading import MAX_DECODED_PIXELS, MIN_IMAGE_SIDE, ImageLoadError, load_image
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
@@ -42,7 +42,7 @@ def decode_on_device(path: str, device: str) -> np.ndarray:
         return load_image(path)
     try:
         with Image.open(path) as header:  # header only: format and size, for the decompression-bomb limit
-            if header.format != "JPEG" or header.width * header.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+            if header.format != "JPEG" or header.width * header.height > MAX_DECODED_PIXELS:
                 return load_image(path)
         pixels = decode_jpeg(read_file(path), mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
     except (OSError, RuntimeError, ValueError, SyntaxError):
