@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import logging as transformers_logging
@@ -91,8 +92,63 @@ def load_model_folder(
         raise CommandError(f"{path}: {files} is truncated or corrupt ({error_summary(error)})") from None
     except LOAD_ERRORS as error:
         cause = error_summary(error).removeprefix(f"{path}: ")  # the model's checks name the folder already
+        if MISMATCH_MARKER in str(error):  # it points at a report transformers printed (silenced here): name the cause
+            cause = size_mismatch(path) or cause
         raise CommandError(f"{path}: cannot load the model: {cause}") from None
     return model.eval()
+
+
+MISMATCH_MARKER = "ignore_mismatched_sizes"  # transformers' error for weights of other shapes than the config's
+MAX_PARAMETERS = 10_000_000_000  # no Faceptor is near this: a config asking for more has an absurd size in it
+
+
+def model_parameters(config: Any) -> int:
+    """How many parameters the model of `config` has, counted on the meta device (no memory taken)."""
+    from transformers import AutoModel as Auto
+
+    with torch.device("meta"):
+        model = Auto.from_config(config)
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def check_model_size(config: Any, source: str) -> None:
+    """Refuses (`ValueError`, one line naming the sizes) a config whose model would have more than
+    `MAX_PARAMETERS` parameters: an absurd size, which would fail deep in torch for want of memory."""
+    count = model_parameters(config)
+    if count > MAX_PARAMETERS:
+        sizes = {key: value for key, value in config.to_dict().items() if type(value) is int and value > 4096}
+        raise ValueError(
+            f"{source}: the config asks for a model of {count:,} parameters (over {MAX_PARAMETERS:,}): sizes {sizes}"
+        )
+
+
+def size_mismatch(path: str) -> str | None:
+    """The first tensor whose shape in the weights files differs from what config.json builds, as one line naming
+    the config fields that differ; None when none is found."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            expected = {name: tuple(value.shape) for name, value in AutoModel.from_config(config).state_dict().items()}
+        for weights in sorted(Path(path).glob("*.safetensors")):
+            with safe_open(str(weights), framework="pt") as opened:
+                for key in opened.keys():
+                    stored = tuple(opened.get_slice(key).get_shape())
+                    if key in expected and expected[key] != stored:
+                        suspects = sorted(
+                            name
+                            for name, value in config.to_dict().items()
+                            if type(value) is int and value in expected[key] and value not in stored
+                        )
+                        fields = ", ".join(f"{name} {getattr(config, name)}" for name in suspects) or "its sizes"
+                        return (
+                            f"config.json ({fields}) does not match the weights: {key} is {stored} in "
+                            f"{weights.name}, {expected[key]} by the config"
+                        )
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError):
+        return None
+    return None
 
 
 PROCESSOR_FILE = "preprocessor_config.json"

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, TrainingArguments, set_seed
 
 from ..commands.interruption import run_stoppable
+from ..commands.model_loading import check_model_size
 from ..configuration_faceptor import FaceptorConfig
 from ..configuration_naive_faceptor import NaiveFaceptorConfig
 from ..modeling_faceptor import FaceptorModel
@@ -66,6 +67,7 @@ def build_model(config: TrainingConfig):
             raise TrainingConfigError(f"{config.source}: model.config has unknown keys {unknown}")
         try:
             model_config = config_class.from_preset(settings["preset"], **settings.get("config", {}))
+            check_model_size(model_config, "model.config")  # an absurd size: one line, not torch's allocation error
         except (TypeError, ValueError) as error:
             raise TrainingConfigError(f"{config.source}: model: {error}") from None
         model = model_class(model_config)
