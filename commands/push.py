@@ -27,7 +27,7 @@ from .cards import PAPER_RESULTS, render_model_card
 from .errors import CommandError
 from .hub_client import HUB_NETWORK_ERROR, describe_hub_failure, hub_timeout
 from .model_loading import load_model_folder, no_progress_bars
-from .space import add_space_option, push_space_of_command
+from .space import add_space_option, check_space_name, push_space_of_command
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +257,7 @@ def command_push(args: argparse.Namespace) -> None:
     if args.timeout is not None and not args.timeout > 0:
         raise CommandError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     timeout = args.timeout or constants.HF_HUB_DOWNLOAD_TIMEOUT
+    check_space_name(args)  # before the model repo is created
     try:
         info = push_model_folder(
             args.model_dir,
