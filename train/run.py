@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoModel, TrainingArguments, set_seed
 
-from ..commands.interruption import run_stoppable
+from ..commands.interruption import Terminated, run_stoppable
 from ..commands.model_loading import check_model_size
 from ..configuration_faceptor import FaceptorConfig
 from ..configuration_naive_faceptor import NaiveFaceptorConfig
@@ -381,6 +381,9 @@ def _train(argv: Sequence[str] | None) -> int:
         return 2
     try:
         return finish_training(trainer, config, output_dir, resume)
+    except (KeyboardInterrupt, Terminated):
+        close_progress_bars(trainer)  # the one line that follows starts a line of its own
+        raise
     except CheckpointError as error:
         print(f"faceptor train: error: {error}", file=sys.stderr)
         return 2
@@ -397,8 +400,9 @@ def _train(argv: Sequence[str] | None) -> int:
             raise
         close_progress_bars(trainer)
         remove_partial_saves(output_dir)  # the half-written save only takes space; the whole checkpoints stay
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
         print(
-            f"faceptor train: error: {output_dir}: the disk is full while saving ({first_line(error)}); "
+            f"faceptor train: error: {output_dir}: the disk is full while saving ({reason}); "
             "the checkpoints saved before are whole",
             file=sys.stderr,
         )
