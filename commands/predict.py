@@ -58,6 +58,11 @@ EXIT_CODES = """exit status:
   2  usage error, nothing processed: bad arguments, an unusable --model, --device or --output, an --output or
      --visualize that would overwrite an input, an --output another run is writing (OUTPUT.lock)
 
+Limits: a photo or video frame that decodes to more than 50 megapixels (read from its header, before decoding) is
+refused as too large (exit 1, the others processed). Outputs: a FIFO, /dev/null or /dev/stdout as --output is written
+into, never replaced; --output and --visualize may not be one path or one inside the other. Ctrl-C exits 130 and
+SIGTERM 143, after removing the run's temporary, lock and partial files.
+
 Images without a face are counted in one line on standard error. The output is always valid JSON lines (or, with
 --output-format parquet, a Parquet file of the same records, one row each): a value holding NaN or infinity is
 written as null and its key named in the face's "non_finite" list."""
