@@ -171,7 +171,7 @@ class ParquetRecordWriter:
         import pyarrow.parquet as pq
 
         self.schema, self.rows_per_group, self.group_bytes = record_schema(), rows_per_group, group_bytes
-        self._file = open(path, "xb" if new else "wb")  # not new: a FIFO or /dev/null, written into
+        self._file = open(path, "xb" if new else "ab")  # not new: a FIFO or /dev/stdout, written into, not truncated
         try:
             self._writer = pq.ParquetWriter(self._file, self.schema)
         except BaseException:
@@ -252,4 +252,4 @@ def open_records_output(path: str, output_format: str, new: bool = True) -> IO[s
     "parquet"."""
     if output_format == "parquet":
         return ParquetRecordWriter(path, new=new)
-    return open(path, "x" if new else "w", encoding="utf-8")
+    return open(path, "x" if new else "a", encoding="utf-8")  # appending: a /dev/stdout sent to a log keeps it

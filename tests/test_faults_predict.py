@@ -337,6 +337,13 @@ def still_a_device(path: str) -> Callable[[Path], None]:
     return check
 
 
+def still_a_link(path: str) -> Callable[[Path], None]:
+    def check(root: Path) -> None:
+        assert os.path.islink(path)
+
+    return check
+
+
 def photo_and_frames_apart(root: Path) -> None:
     with Image.open(root / "pics" / "clip" / "frame_000000.jpg") as picture:
         assert picture.size == (95, 120)  # the photo's picture, not a 96 x 96 frame's
@@ -615,6 +622,13 @@ CASES = [
         0,
         [],
         check=still_a_device("/dev/null"),
+    ),
+    Case(
+        "output is /dev/stdout",
+        ["{w}/photos/face.jpg", "--output", "/dev/stdout"],
+        0,
+        [],
+        check=still_a_link("/dev/stdout"),
     ),
     Case(
         "parquet into /dev/null",
