@@ -26,7 +26,7 @@ from ..processing.pipeline_faceptor import FacePerceptionPipeline
 from .cards import PAPER_RESULTS, render_model_card
 from .errors import CommandError
 from .hub_client import HUB_NETWORK_ERROR, describe_hub_failure, hub_timeout
-from .model_loading import load_model_folder, no_progress_bars
+from .model_loading import load_image_processor, load_model_folder, no_progress_bars
 from .space import add_space_option, check_space_name, push_space_of_command
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def push_model_folder(
     model = load_model_folder(model_dir, dtype="auto")  # Faceptor or Naive Faceptor
     image_processor = None
     if os.path.isfile(os.path.join(model_dir, "preprocessor_config.json")):
-        image_processor = FaceptorImageProcessor.from_pretrained(model_dir)
+        image_processor = load_image_processor(model_dir)  # validated: a broken one is refused, not pushed
     return push_model(
         model,
         repo_id,
