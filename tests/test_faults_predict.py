@@ -645,6 +645,13 @@ CASES = [
         arrange=a_clip,
     ),
     Case(
+        "annotated video into a FIFO",
+        ["{w}/clip.mp4", "--visualize", "{w}/out.mp4"],
+        2,
+        [r"^faceptor: error: --visualize .*out\.mp4: is not a regular file; an annotated video is written to a file$"],
+        arrange=lambda w: (a_clip(w), os.mkfifo(w / "out.mp4")),
+    ),
+    Case(
         "output inside the pictures folder",
         ["{w}/photos", "--output", "{w}/pics/out.jsonl", "--visualize", "{w}/pics"],
         2,
