@@ -505,6 +505,8 @@ def staged_output_folder(
     without error (removed otherwise), so a failed conversion leaves neither a half-written model nor a lost
     earlier one. Refuses an `output_dir` that holds one of the `inputs`, is a file, or is a non-empty folder
     (unless `overwrite`)."""
+    if Path(output_dir).is_symlink():  # renaming would move the link, and the model land beside its target
+        raise CheckpointError(f"{output_dir}: is a link (to {os.readlink(output_dir)}); give the folder itself")
     output_dir = Path(output_dir).absolute()
     for source in inputs:
         if _is_within(Path(source), output_dir):

@@ -33,6 +33,7 @@ from ..processing.image_loading import ImageLoadError, load_image
 from ..processing.mask_encoding import decode_label_map
 from ..visualization.drawing import draw_result
 from .errors import CommandError
+from .model_loading import load_image_processor
 
 logger = logging.getLogger(__name__)
 
@@ -511,7 +512,9 @@ def load_demo(model: str | None = None, device: str | None = None, identity_thre
         announce_demo_model()
         label = "the bundled demo model (small, distilled; its card is `faceptor/demo_model/README.md`)"
     try:
-        face_pipeline = pipeline("face-perception", model=model, device=device)
+        # A local folder's processor is validated (no silent defaults); a Hub repo's comes with it.
+        processor = load_image_processor(model) if os.path.isdir(model) else None
+        face_pipeline = pipeline("face-perception", model=model, image_processor=processor, device=device)
     except (OSError, ValueError, KeyError) as error:
         raise CommandError(f"{model}: cannot load a Faceptor model ({str(error).splitlines()[0]})") from None
     return FaceDemo(face_pipeline, model, identity_threshold=identity_threshold, model_label=label)

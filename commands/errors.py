@@ -30,13 +30,18 @@ def error_summary(error: BaseException) -> str:
 
 def run_handler(args: argparse.Namespace) -> int:
     """Runs a parsed command's handler: its exit status, or 2 with one line on standard error for a
-    `CommandError`."""
+    `CommandError` (130 or 143 for Ctrl-C or SIGTERM)."""
     if getattr(args, "quiet", False):
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-    try:
-        return args.handler(args) or 0
-    except CommandError as error:
-        print(f"faceptor: error: {error}", file=sys.stderr)
-        return 2
+    from .interruption import run_stoppable
+
+    def command() -> int:
+        try:
+            return args.handler(args) or 0
+        except CommandError as error:
+            print(f"faceptor: error: {error}", file=sys.stderr)
+            return 2
+
+    return run_stoppable(command)  # Ctrl-C and SIGTERM: the command's cleanup, then one line, 130 or 143

@@ -14,7 +14,7 @@ from torch import nn
 from ..modeling_faceptor import FaceptorModel
 from .errors import CommandError
 from .model_loading import load_model_folder
-from .predict_outputs import temporary_path
+from .output_files import OutputFile, disk_problem
 
 
 class FaceptorTaskGraph(nn.Module):
@@ -95,15 +95,18 @@ def command_export(args: argparse.Namespace) -> None:
         raise CommandError(f"{args.output}: no such folder {folder}")
     model = load_model_folder(args.model, FaceptorModel)
     # Written beside the output and renamed, so a failed export leaves no partial graph and no earlier one lost.
-    partial = temporary_path(args.output)
+    written = OutputFile(args.output)
+    if written.special:
+        raise CommandError(f"{args.output}: not a regular file; an ONNX graph is written to a file")
     try:
-        differences = export_onnx(model, partial, tasks=args.tasks, input_size=args.size, check=not args.no_check)
-        os.replace(partial, args.output)
+        differences = export_onnx(model, written.path, tasks=args.tasks, input_size=args.size, check=not args.no_check)
+        written.commit()
     except ValueError as error:
         raise CommandError(str(error)) from None
+    except OSError as error:  # a full disk, most often: the graph and its weights are large
+        raise CommandError(disk_problem(error, args.output)) from None
     finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        written.discard()
     print(f"wrote {args.output}")
     for task, difference in differences.items():
         print(f"  {task}: largest difference to PyTorch {difference:.2e}")

@@ -36,7 +36,16 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_string(value: Any) -> bool:
-    return type(value) is str
+    # A file name that is not UTF-8 holds lone surrogates, which Parquet cannot store: it goes to other_json, escaped.
+    return type(value) is str and (value.isascii() or _encodes(value))
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_floats(value: Any) -> bool:
@@ -169,11 +178,13 @@ class ParquetRecordWriter:
     takes it; so the rows are the JSON lines' records exactly (non-finite values nulled and named). A row group is
     written every `rows_per_group` records or `group_bytes` of JSON; `close` writes the rest and the footer."""
 
-    def __init__(self, path: str, rows_per_group: int = ROWS_PER_GROUP, group_bytes: int = ROW_GROUP_BYTES):
+    def __init__(
+        self, path: str, rows_per_group: int = ROWS_PER_GROUP, group_bytes: int = ROW_GROUP_BYTES, new: bool = True
+    ):
         import pyarrow.parquet as pq
 
         self.schema, self.rows_per_group, self.group_bytes = record_schema(), rows_per_group, group_bytes
-        self._file = open(path, "xb")
+        self._file = open(path, "xb" if new else "ab")  # not new: a FIFO or /dev/stdout, written into, not truncated
         try:
             self._writer = pq.ParquetWriter(self._file, self.schema)
         except BaseException:
@@ -263,9 +274,10 @@ def check_output_format(output_format: str, output: str | None) -> None:
         raise CommandError(f"--output {output}: JSON lines into a .parquet file; add --output-format parquet")
 
 
-def open_records_output(path: str, output_format: str) -> IO[str] | ParquetRecordWriter:
-    """A new file at `path` (never replacing one) that takes `faceptor predict`'s JSON lines through `write`: a text
-    file for "jsonl", a `ParquetRecordWriter` for "parquet"."""
+def open_records_output(path: str, output_format: str, new: bool = True) -> IO[str] | ParquetRecordWriter:
+    """A new file at `path` (never replacing one; with `new` False, a special file written into) that takes
+    `faceptor predict`'s JSON lines through `write`: a text file for "jsonl", a `ParquetRecordWriter` for
+    "parquet"."""
     if output_format == "parquet":
-        return ParquetRecordWriter(path)
-    return open(path, "x", encoding="utf-8")
+        return ParquetRecordWriter(path, new=new)
+    return open(path, "x" if new else "a", encoding="utf-8")  # appending: a /dev/stdout sent to a log keeps it

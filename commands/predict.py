@@ -19,14 +19,20 @@ from ..video.reading import VIDEO_SUFFIXES
 from ..visualization.drawing import draw_result, save_picture
 from .compiled_inference import default_compile_mode, install_fixed_shape_forward
 from .errors import CommandError, error_summary, run_handler
-from .model_loading import load_model_folder
+from .model_loading import load_image_processor, load_model_folder
+from .output_files import OutputFile, is_special
 from .parquet_output import OUTPUT_FORMATS, check_output_format, open_records_output, write_record
 from .predict_outputs import (
     InputFiles,
     OutputLock,
+    check_frame_folders,
     check_output,
+    check_outputs_apart,
     check_pictures,
+    finish_output,
+    frame_folders,
     make_picture_folder,
+    needs_lock,
     picture_paths,
     temporary_path,
 )
@@ -52,6 +58,11 @@ EXIT_CODES = """exit status:
      standard error, no record in the output; the results of the others are all written
   2  usage error, nothing processed: bad arguments, an unusable --model, --device or --output, an --output or
      --visualize that would overwrite an input, an --output another run is writing (OUTPUT.lock)
+
+Limits: a photo or video frame that decodes to more than 50 megapixels (read from its header, before decoding) is
+refused as too large (exit 1, the others processed). Outputs: a FIFO, /dev/null or /dev/stdout as --output is written
+into, never replaced; --output and --visualize may not be one path or one inside the other. Ctrl-C exits 130 and
+SIGTERM 143, after removing the run's temporary, lock and partial files.
 
 Images without a face are counted in one line on standard error. The output is always valid JSON lines (or, with
 --output-format parquet, a Parquet file of the same records, one row each): a value holding NaN or infinity is
@@ -88,8 +99,9 @@ def load_pipeline(model: str, device: str | None, dtype: str = "float32", detect
         raise CommandError(f"{model}: no such model folder")
     try:
         loaded = load_model_folder(model, dtype=getattr(torch, dtype))  # one line for a broken folder
+        processor = load_image_processor(model)  # validated: no silent defaults for a missing or broken file
         return pipeline(
-            "face-perception", model=loaded, image_processor=model, device=device, detector_device=detector_device
+            "face-perception", model=loaded, image_processor=processor, device=device, detector_device=detector_device
         )
     except (OSError, ValueError, KeyError) as error:
         raise CommandError(f"{model}: cannot load a Faceptor model ({str(error).splitlines()[0]})") from None
@@ -204,15 +216,19 @@ def check_device(device: str | None) -> None:
         raise CommandError(f"--device {device}: not usable here ({error_summary(error)})") from None
 
 
-def claim_outputs(args: argparse.Namespace, images: Sequence[str], pictures: Sequence[str] | None) -> OutputLock | None:
-    """Checks, before any work, that nothing written would replace an input and that the output is writable, and
-    takes the output's lock (held until the run ends); a `CommandError` says what is wrong."""
+def claim_outputs(
+    args: argparse.Namespace, images: Sequence[str], pictures: Sequence[str] | None, folders: Sequence[str] = ()
+) -> OutputLock | None:
+    """Checks, before any work, that nothing written would replace an input or another output and that the output
+    is writable, and takes the output's lock (held until the run ends); a `CommandError` says what is wrong."""
     files = InputFiles(images)
+    check_outputs_apart({"--output": args.output, "--visualize": args.visualize})
     if args.output:
         check_output(args.output, files)
     if pictures is not None:
         check_pictures(args.visualize, pictures, files, args.output)
-    lock = OutputLock(args.output) if args.output else None
+        check_frame_folders(args.visualize, folders)
+    lock = OutputLock(args.output) if needs_lock(args.output) else None
     if lock is not None:
         lock.acquire()
     if pictures is not None:
@@ -247,18 +263,19 @@ def command_predict(args: argparse.Namespace) -> int:
     state = distributed_state()  # None unless launched as several processes
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     is_main = state is None or state.is_main_process
-    if world > 1 and not args.output:
-        raise CommandError("--output is needed when running as several processes (each writes a part of it)")
+    if world > 1 and (not args.output or is_special(args.output)):
+        raise CommandError("--output FILE is needed when running as several processes (each writes a part of it)")
     if videos and world > 1:
         raise CommandError("videos are not sharded over processes; run them without accelerate launch")
     check_video_outputs(args.visualize, images, [path for path, _ in videos])
     annotated_video = wants_annotated_video(args.visualize)
     pictures = picture_paths(named, args.visualize) if args.visualize and not annotated_video else None
+    folders = frame_folders(videos, args.visualize, pictures) if pictures is not None else None
     # Checked by the main process alone, which holds the output's lock for the whole run; the others follow it.
     lock, problem = None, None
     if is_main:
         try:
-            lock = claim_outputs(args, images + [path for path, _ in videos], pictures)
+            lock = claim_outputs(args, images + [path for path, _ in videos], pictures, folders or ())
         except CommandError as error:
             problem = str(error)
     if world > 1:
@@ -270,7 +287,7 @@ def command_predict(args: argparse.Namespace) -> int:
             raise CommandError(problem)
         return 2
     try:
-        return _predict(args, images, pictures, state, videos)
+        return _predict(args, images, pictures, state, videos, folders)
     finally:
         if lock is not None:
             lock.release()
@@ -282,6 +299,7 @@ def _predict(
     pictures: list[str] | None,
     state: Any,
     videos: Sequence[tuple[str, str]] = (),
+    folders: Sequence[str] | None = None,
 ) -> int:
     from tqdm.auto import tqdm
 
@@ -322,9 +340,13 @@ def _predict(
     mine = shard(images, rank, world)
     # Written under a temporary name and renamed when complete: a run that dies leaves any earlier output whole.
     final = (part_path(args.output, rank, world) if world > 1 else args.output) if args.output else None
-    target = temporary_path(final) if final else None
+    written = OutputFile(final) if final else None  # a FIFO or /dev/null is written into, never renamed over
     # Part files are always indexed JSON lines; the merge writes them in --output-format.
-    output = open_records_output(target, "jsonl" if world > 1 else args.output_format) if target else sys.stdout
+    output = (
+        open_records_output(written.path, "jsonl" if world > 1 else args.output_format, new=not written.special)
+        if written
+        else sys.stdout
+    )
     description = "faceptor" if world == 1 else f"faceptor (process 0 of {world})"
     try:
         with tqdm(total=len(mine), unit="image", desc=description,
@@ -337,15 +359,17 @@ def _predict(
             finally:
                 sink.close()
         video_errors, video_non_finite = predict_videos(face_pipeline, videos, output, args, report=_report_error,
-                                                        detector=None if args.no_detector else "auto")  # fmt: skip
+                                                        detector=None if args.no_detector else "auto",
+                                                        folders=folders)  # fmt: skip
         if output is not sys.stdout:
-            output.close()
-            os.replace(target, final)
+            finish_output(output, written)
     finally:
         if output is not sys.stdout:
-            output.close()
-            if os.path.exists(target):
-                os.remove(target)  # an interrupted run: its partial output goes, any earlier output stays
+            try:
+                output.close()
+            except OSError:
+                pass  # already reported by finish_output, or the run is failing for another reason
+            written.discard()  # an interrupted run: its partial output goes, any earlier output stays
     if world == 1:
         _summarise(sink.no_face, len(images), sink.non_finite + video_non_finite)
         return 1 if sink.errors or video_errors else 0

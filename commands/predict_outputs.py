@@ -5,24 +5,21 @@ renamed when complete."""
 from __future__ import annotations
 
 import errno
+import itertools
 import os
-import secrets
 import socket
 import time
 from collections.abc import Iterable, Sequence
+from typing import IO, Any
 
 from ..visualization.drawing import is_saved_picture
 from .errors import CommandError
+from .output_files import OutputError, OutputFile, check_distinct, disk_problem, is_special, remove_stale_temporaries
+from .output_files import temporary_path as temporary_path
 
 LOCK_SUFFIX = ".lock"
 # A lock file still empty this long after it was made is left over from a run killed while making it.
 LOCK_WRITE_GRACE_S = 10.0
-
-
-def temporary_path(final: str) -> str:
-    """A new name beside `final` for writing it in full before `os.replace`; unique to this process and call, so
-    that nothing else by that name is ever truncated."""
-    return f"{final}.{os.getpid()}-{secrets.token_hex(3)}.tmp"
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -127,6 +124,7 @@ class OutputLock:
             with os.fdopen(handle, "w", encoding="utf-8") as lock_file:
                 lock_file.write(f"{os.getpid()} {socket.gethostname()}\n")
             self.held = True
+            remove_stale_temporaries(self.output)  # a killed run's .tmp: ours to clean now that we hold the lock
             return
         raise CommandError(f"--output {self.output}: another run took its lock file {self.path} meanwhile")
 
@@ -197,3 +195,56 @@ def make_picture_folder(folder: str) -> None:
         raise CommandError(f"--visualize {folder}: cannot make the folder ({error.strerror})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CommandError(f"--visualize {folder}: not writable")
+
+
+def frame_folders(videos: Sequence[tuple[str, str]], folder: str, pictures: Sequence[str]) -> list[str]:
+    """Per video (path, name) the folder of its frame pictures in `folder`: its name's stem, or, where a photo's
+    picture lies in that folder (`clip/frame_000000.jpg` beside `clip.mp4`) or another video took it, its whole
+    name, then a number; so no frame picture ever replaces a photo's picture or another video's."""
+    taken = {picture.lower() for picture in pictures}
+    for picture in pictures:  # and every folder above a photo's picture
+        parent = os.path.dirname(picture)
+        while len(parent) > len(folder) and parent.lower() not in taken:
+            taken.add(parent.lower())
+            parent = os.path.dirname(parent)
+    folders = []
+    for stem_path, (_, name) in zip(picture_paths(videos, folder), videos, strict=True):
+        whole = os.path.join(folder, name)
+        options = itertools.chain([stem_path[: -len(".jpg")], whole], (f"{whole}-{n}" for n in itertools.count(2)))
+        folders.append(next(option for option in options if option.lower() not in taken))
+        taken.add(folders[-1].lower())
+    return folders
+
+
+def check_frame_folders(option_folder: str, folders: Sequence[str]) -> None:
+    """Refuses, before any work, a video's frame folder that exists as a file (the frames could not be written)."""
+    for found in folders:
+        if os.path.lexists(found) and not os.path.isdir(found):
+            raise CommandError(
+                f"--visualize {option_folder}: {found} is a file, where a video's frame pictures "
+                "would go; move it or choose another folder"
+            )
+
+
+def check_outputs_apart(outputs: dict[str, str | None]) -> None:
+    """`check_distinct` as a `CommandError`."""
+    try:
+        check_distinct({option: path for option, path in outputs.items() if path})
+    except OutputError as error:
+        raise CommandError(str(error)) from None
+
+
+def needs_lock(output: str | None) -> bool:
+    """Whether `--output` gets a lock file: not a stream (/dev/null, a FIFO), which nothing renames onto."""
+    return bool(output) and not is_special(output)
+
+
+def finish_output(output: IO[str] | Any, file: OutputFile) -> None:
+    """Closes the records output (a Parquet file writes its footer here) and puts it in place; a full disk or any
+    failed write is one `CommandError` line, the earlier output untouched."""
+    try:
+        output.close()
+        file.commit()
+    except OSError as error:
+        file.discard()
+        raise CommandError(f"cannot write the output: {disk_problem(error, file.final)}") from None

@@ -18,8 +18,9 @@ from ..video.reading import VIDEO_SUFFIXES, VideoError, is_video_path, video_inf
 from ..video.writing import AnnotatedVideoWriter, annotate_frame, pick_encoder
 from ..visualization.drawing import is_saved_picture, save_picture
 from .errors import CommandError
+from .output_files import is_special, remove_stale_temporaries, rename_target
 from .parquet_output import write_record
-from .predict_outputs import InputFiles, picture_paths
+from .predict_outputs import InputFiles, frame_folders
 from .result_json import json_line
 
 
@@ -43,6 +44,9 @@ def check_video_outputs(visualize: str | None, photos: Sequence[str], videos: Se
                            f"{len(videos)} videos and {len(photos)} photos); give a folder for pictures")  # fmt: skip
     if (same := InputFiles(videos).find(visualize)) is not None:
         raise CommandError(f"--visualize {visualize}: is the input {same}; refusing to overwrite an input")
+    if is_special(visualize) or os.path.isdir(visualize):
+        raise CommandError(f"--visualize {visualize}: is not a regular file; an annotated video is written to a file")
+    remove_stale_temporaries(rename_target(visualize))  # the .partial of a killed run
     if not os.path.isdir(os.path.dirname(visualize) or "."):
         raise CommandError(f"--visualize {visualize}: folder {os.path.dirname(visualize)} does not exist")
     try:
@@ -59,14 +63,15 @@ def predict_videos(
     *,
     detector: Any,
     report,
+    folders: Sequence[str] | None = None,
 ) -> tuple[int, int]:
     """Runs every video of `videos` ((path, name) pairs) through `face_pipeline`, writing their records to `output`;
     `report(line)` prints a video's one error line. Returns (videos that failed or broke part-way, faces with
     non-finite values)."""
     from tqdm.auto import tqdm
 
-    folders = picture_paths(videos, args.visualize) if args.visualize and not wants_annotated_video(args.visualize) \
-        else None  # fmt: skip
+    if folders is None and args.visualize and not wants_annotated_video(args.visualize):
+        folders = frame_folders(videos, args.visualize, [])
     errors = non_finite = 0
     for number, (path, _) in enumerate(videos):
         writer = None
@@ -91,7 +96,7 @@ def predict_videos(
                                 writer = AnnotatedVideoWriter(args.visualize, rate, width, height)
                             writer.write(annotate_frame(frame.image, result))
                         elif folders is not None:
-                            _save_frame_picture(frame, result, os.path.splitext(folders[number])[0], report)
+                            _save_frame_picture(frame, result, folders[number], report)
                         progress.update(1)
                 except VideoError:
                     if writer is not None:

@@ -26,8 +26,8 @@ from ..processing.pipeline_faceptor import FacePerceptionPipeline
 from .cards import PAPER_RESULTS, render_model_card
 from .errors import CommandError
 from .hub_client import HUB_NETWORK_ERROR, describe_hub_failure, hub_timeout
-from .model_loading import load_model_folder, no_progress_bars
-from .space import add_space_option, push_space_of_command
+from .model_loading import load_image_processor, load_model_folder, no_progress_bars
+from .space import add_space_option, check_space_name, push_space_of_command
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def push_model_folder(
     model = load_model_folder(model_dir, dtype="auto")  # Faceptor or Naive Faceptor
     image_processor = None
     if os.path.isfile(os.path.join(model_dir, "preprocessor_config.json")):
-        image_processor = FaceptorImageProcessor.from_pretrained(model_dir)
+        image_processor = load_image_processor(model_dir)  # validated: a broken one is refused, not pushed
     return push_model(
         model,
         repo_id,
@@ -257,6 +257,7 @@ def command_push(args: argparse.Namespace) -> None:
     if args.timeout is not None and not args.timeout > 0:
         raise CommandError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     timeout = args.timeout or constants.HF_HUB_DOWNLOAD_TIMEOUT
+    check_space_name(args)  # before the model repo is created
     try:
         info = push_model_folder(
             args.model_dir,

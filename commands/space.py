@@ -138,6 +138,22 @@ def add_space_option(push_parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_space_name(args: argparse.Namespace) -> None:
+    """Refuses, in one line and before anything is pushed, a `--space` that is not a valid USER/NAME repo id (the
+    model repo would otherwise be created and committed before the Space's name is refused)."""
+    space = getattr(args, "space", None)
+    if not space:
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(space)
+    except HFValidationError as error:
+        raise CommandError(f"--space {space}: not a valid Space name ({error_summary(error)})") from None
+    if space.count("/") != 1:
+        raise CommandError(f"--space {space}: name a Space as USER/NAME")
+
+
 def push_space_of_command(args: argparse.Namespace) -> None:
     """After `faceptor push` succeeded: the `--space` Space of the pushed repo, if one was asked for."""
     if not getattr(args, "space", None):
@@ -151,4 +167,11 @@ def push_space_of_command(args: argparse.Namespace) -> None:
     print(f"pushed the demo Space {args.space} of {args.repo_id}: {url}")
 
 
-__all__ = ["add_space_option", "push_space", "push_space_of_command", "space_requirements", "write_space_folder"]
+__all__ = [
+    "add_space_option",
+    "check_space_name",
+    "push_space",
+    "push_space_of_command",
+    "space_requirements",
+    "write_space_folder",
+]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -10,6 +12,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_IMAGE_SIDE = 16  # below this no face can be told apart
+# The pixel budget of one photo or video frame, by its decoded size as the header states it (checked before any
+# pixel is decoded): 50 megapixels (8000 x 6000 photos, 8K video frames) take about 150 MB as RGB, and several
+# times that in the detector; a small file that decodes to more (a 9000 x 9000 PNG) is refused in one line.
+MAX_DECODED_PIXELS = 50_000_000
+MAX_STREAM_BYTES = 1 << 30  # what is read from a pipe (`<(cat photo.jpg)`) before it is refused as too large
 # Always taken from a folder, whatever Pillow's plugins say.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"})
 IDENTIFY_ONLY_FORMATS = frozenset({"MPEG"})  # Pillow recognises these files but cannot decode their pixels
@@ -93,12 +100,33 @@ def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
     return np.asarray(image.convert("RGB")).copy()
 
 
+def check_pixel_budget(width: int, height: int, name: str) -> None:
+    """Refuses (`ImageLoadError`) a photo or video frame that decodes to more than `MAX_DECODED_PIXELS`."""
+    if width * height > MAX_DECODED_PIXELS:
+        raise ImageLoadError(
+            f"{name}: refused, {width}x{height} decodes to {width * height / 1e6:.0f} megapixels, "
+            f"over the limit of {MAX_DECODED_PIXELS / 1e6:.0f} (possible decompression bomb)"
+        )
+
+
+def _read_stream(path: Path, name: str) -> io.BytesIO:
+    """The bytes of a pipe or device, whole (at most `MAX_STREAM_BYTES`)."""
+    with open(path, "rb") as stream:
+        data = stream.read(MAX_STREAM_BYTES + 1)
+    if not data:
+        raise ImageLoadError(f"{name}: empty input (the pipe gave no bytes)")
+    if len(data) > MAX_STREAM_BYTES:
+        raise ImageLoadError(f"{name}: more than {MAX_STREAM_BYTES >> 20} MB from a pipe; refused")
+    return io.BytesIO(data)
+
+
 def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
     """Any supported input -> an (H, W, 3) uint8 RGB array.
 
     Paths are opened with EXIF rotation applied; grayscale, RGBA, CMYK, palette and 16-bit images are
-    converted; decompression bombs (more pixels than `PIL.Image.MAX_IMAGE_PIXELS`), truncated and
-    non-image files raise [`ImageLoadError`] naming the input.
+    converted; decompression bombs (more decoded pixels than `MAX_DECODED_PIXELS`, read from the header, or than
+    `PIL.Image.MAX_IMAGE_PIXELS`), pipes over `MAX_STREAM_BYTES`, truncated and non-image files raise
+    [`ImageLoadError`] naming the input. A pipe or device (`<(cat photo.jpg)`) is read whole, then decoded.
     """
     name = describe_source(source)
     if isinstance(source, (str, os.PathLike)):
@@ -107,14 +135,20 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarr
             raise ImageLoadError(f"{name}: no such file")
         if path.is_dir():
             raise ImageLoadError(f"{name}: is a folder, not an image")
-        if path.stat().st_size == 0:
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode) and path.stat().st_size == 0:
             raise ImageLoadError(f"{name}: empty file")
         try:
+            # A pipe or device (`<(cat photo.jpg)`, /dev/stdin) is read once, whole; Pillow needs to seek.
+            opened = path if stat.S_ISREG(mode) else _read_stream(path, name)
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as image:
+                with Image.open(opened) as image:
+                    check_pixel_budget(image.width, image.height, name)  # from the header, before decoding
                     image.load()
                     array = _pil_to_rgb(image, name)
+        except ImageLoadError:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise ImageLoadError(f"{name}: refused, too many pixels (possible decompression bomb): {error}") from None
         except UnidentifiedImageError:
@@ -126,6 +160,7 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarr
         except Exception as error:  # Pillow's format plugins raise many other types on corrupt files
             raise ImageLoadError(f"{name}: cannot decode, corrupt ({type(error).__name__}: {error})") from None
     elif isinstance(source, Image.Image):
+        check_pixel_budget(source.width, source.height, name)
         array = _pil_to_rgb(source, name)
     elif isinstance(source, np.ndarray):
         array = _array_to_rgb(source, name)

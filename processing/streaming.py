@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .image_loading import MIN_IMAGE_SIDE, ImageLoadError, describe_source, load_image
+from .image_loading import MAX_DECODED_PIXELS, MIN_IMAGE_SIDE, ImageLoadError, describe_source, load_image
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 DEFAULT_IMAGES_IN_FLIGHT = 16  # decoded images held ahead of the model (bounds memory)
@@ -68,7 +68,7 @@ def decode_on_device(path: str | os.PathLike | Any, device: str) -> np.ndarray |
         return load_image(path)  # a PIL image, an array, another format: decoded as everywhere else
     try:
         with Image.open(path) as header:  # header only: format and size, for the decompression-bomb limit
-            if header.format != "JPEG" or header.width * header.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+            if header.format != "JPEG" or header.width * header.height > MAX_DECODED_PIXELS:
                 return load_image(path)
         pixels = decode_jpeg(read_file(path), mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
     except (OSError, RuntimeError, ValueError, SyntaxError):

@@ -96,7 +96,8 @@ def test_the_pipeline_defaults_to_the_demo_model_and_finds_a_real_face(demo_pipe
 
 def test_predict_uses_the_demo_model_when_none_is_named(tmp_path, capsys):
     output = tmp_path / "result.jsonl"
-    assert main(["predict", PHOTO, "--output", str(output), "--visualize", str(tmp_path), "--quiet"]) == 0
+    pictures = tmp_path / "pictures"  # not the output's folder: one output inside another is refused
+    assert main(["predict", PHOTO, "--output", str(output), "--visualize", str(pictures), "--quiet"]) == 0
     assert DEMO_MODEL_NOTE in capsys.readouterr().err
     result = json.loads(output.read_text())
-    assert len(result["faces"]) == 1 and (tmp_path / "astronaut.jpg").is_file()
+    assert len(result["faces"]) == 1 and (pictures / "astronaut.jpg").is_file()

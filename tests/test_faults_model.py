@@ -5,6 +5,7 @@ Rows run `faceptor ...` in this process (`run_cli`), except the network ones: `H
 huggingface_hub is imported, so those run in one subprocess pointed at a local socket (closed, or accepting and
 never answering)."""
 
+import errno
 import hashlib
 import json
 import os
@@ -50,6 +51,12 @@ def edit_tensors(folder: Path, edit: Callable[[dict], None]) -> None:
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+def edit_processor(folder: Path, edit: Callable[[dict], None]) -> None:
+    settings = json.loads((folder / "preprocessor_config.json").read_text())
+    edit(settings)
+    (folder / "preprocessor_config.json").write_text(json.dumps(settings))
+
+
 def truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -68,6 +75,12 @@ def workspace(tmp_path_factory) -> Path:
         "missing": lambda f: edit_tensors(f, lambda t: t.pop(BROKEN_TENSOR)),
         "nan": lambda f: edit_tensors(f, lambda t: t[BROKEN_TENSOR].fill_(float("nan"))),
         "truncated": lambda f: truncate(f / "model.safetensors"),
+        "no_processor": lambda f: (f / "preprocessor_config.json").unlink(),
+        "processor_not_json": lambda f: (f / "preprocessor_config.json").write_text("{dense_size: 64"),
+        "std_zero": lambda f: edit_processor(f, lambda p: p.update(dense_std=[0.0, 0.0, 0.0])),
+        "size_zero": lambda f: edit_processor(f, lambda p: p.update(face_size=0)),
+        "size_60000": lambda f: edit_processor(f, lambda p: p.update(dense_size=60000)),
+        "absurd_size": lambda f: edit_config(f, lambda c: c.update(intermediate_size=100_000_000_000)),
     }
     for name, make in variants.items():
         shutil.copytree(good, root / name)
@@ -84,6 +97,9 @@ def workspace(tmp_path_factory) -> Path:
     (root / "converted" / "notes.txt").write_text("an earlier model folder\n")
     (root / "earlier.onnx").write_bytes(b"an earlier export")
     (root / "earlier.jsonl").write_text('{"source": "earlier"}\n')
+    (root / "elsewhere").mkdir()
+    (root / "elsewhere" / "notes.txt").write_text("the folder a link points to\n")
+    (root / "linked").symlink_to(root / "elsewhere")
     return root
 
 
@@ -239,6 +255,39 @@ CASES = [
         r"holds the input .*official\.pth\.tar; write the model to another folder",
     ),
     Case(
+        "predict, no preprocessor_config.json",
+        predict("no_processor"),
+        r"no_processor: no preprocessor_config\.json; a model folder needs the image processor it was trained with",
+    ),
+    Case(
+        "predict, preprocessor_config.json not JSON",
+        predict("processor_not_json"),
+        r"processor_not_json/preprocessor_config\.json: not a readable JSON object \(",
+    ),
+    Case("predict, std 0", predict("std_zero"), r"dense_std \[0\.0, 0\.0, 0\.0\]: must be positive"),
+    Case("predict, crop size 0", predict("size_zero"), r"face_size 0: crop sides must be whole numbers in 16\.\.2048"),
+    Case(
+        "predict, crop size 60000",
+        predict("size_60000"),
+        r"dense_size 60000: crop sides must be whole numbers in 16\.\.2048",
+    ),
+    Case(
+        "predict, absurd config size",
+        predict("absurd_size"),
+        r"config\.json \(intermediate_size 100000000000\) does not match the weights: "
+        r"encoder\.layers\.0\.mlp\.fc1\.\w+ is \(64(, 32)?,?\) in model\.safetensors",
+    ),
+    Case(
+        "convert --overwrite onto a link",
+        convert("official.pth.tar", "linked", "--overwrite"),
+        r"linked: is a link \(to .*elsewhere\); give the folder itself",
+    ),
+    Case(
+        "push --space with an invalid name",
+        lambda w: ["push", str(w / "good"), "tester/tiny", "--space", "not a/valid name!"],
+        r"--space not a/valid name!: not a valid Space name \(",
+    ),
+    Case(
         "push, closed port",
         None,
         r"push to tester/tiny failed: cannot reach http://127\.0\.0\.1:\d+ \(ConnectError",
@@ -272,6 +321,23 @@ def test_fault_gives_one_line_and_changes_nothing(case, workspace, request, caps
     assert not changed, "an input or an earlier output changed"
     leftovers = [path.name for path in workspace.iterdir() if ".partial-" in path.name or path.name.endswith(".tmp")]
     assert not leftovers and not (workspace / "new").exists()
+
+
+def test_export_onto_a_full_disk_names_the_disk_and_keeps_the_earlier_graph(workspace, monkeypatch, capsys):
+    from faceptor.commands import export as export_module
+
+    def half_written_then_full(model, path, **options):
+        Path(path).write_bytes(b"half a graph")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_module, "export_onnx", half_written_then_full)
+    before = tree_digest(workspace)
+    status, _, err = run_cli(export("good")(workspace), capsys)
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    pattern = r"^faceptor: error: .*earlier\.onnx: the disk is full \(No space left on device\); nothing was replaced$"
+    assert re.search(pattern, err), err
+    assert tree_digest(workspace) == before
+    assert not [path.name for path in workspace.iterdir() if path.name.endswith(".tmp")]
 
 
 @pytest.mark.slow

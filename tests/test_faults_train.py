@@ -150,6 +150,30 @@ def empty_data_folder(raw: dict, work: Path) -> None:
     raw["tasks"]["age_morph2"]["data"] = {"reader": "age_utkface", "root": str(work / "empty"), "split": "all"}
 
 
+def utkface_folder(work: Path, names: dict[str, bytes | None]) -> dict:
+    """A UTKFace folder of the face photo under each name (or the given bytes), as a task's data."""
+    from PIL import Image
+    from skimage import data
+
+    folder = work / "utk" / "data"
+    folder.mkdir(parents=True)
+    for name, content in names.items():
+        if content is None:
+            Image.fromarray(data.astronaut()[30:150, 165:260]).save(folder / name)
+        else:
+            (folder / name).write_bytes(content)
+    return {"reader": "age_utkface", "root": str(work / "utk"), "split": "all"}
+
+
+def an_age_of_500(raw: dict, work: Path) -> None:
+    raw["tasks"]["age_morph2"]["data"] = utkface_folder(work, {"25_0_0_a.jpg": None, "500_0_0_b.jpg": None})
+
+
+def corrupt_images_past_the_first(raw: dict, work: Path) -> None:
+    names = {"20_0_0_a.jpg": None, **{f"{21 + index}_0_0_b{index}.jpg": b"\xff\xd8 not a jpeg" for index in range(3)}}
+    raw["tasks"]["age_morph2"]["data"] = utkface_folder(work, names)
+
+
 def unknown_reader(raw: dict, work: Path) -> None:
     raw["tasks"]["age_morph2"]["data"] = {"reader": "age_imdb", "root": str(work), "split": "all"}
 
@@ -189,6 +213,20 @@ CASES = {  # name: (setup, expected exit status, pattern of the one error line)
     ),
     "empty_data_folder": (with_config(empty_data_folder), 2, r"task 'age_morph2': .*missing UTKFace image folder"),
     "unknown_reader": (with_config(unknown_reader), 2, r"task 'age_morph2': unknown reader 'age_imdb'"),
+    "age_outside_the_head": (
+        with_config(an_age_of_500), 2, r"task 'age_morph2': .*utk: 500_0_0_b\.jpg: age 500 outside 0\.\.100, the range"
+    ),
+    "corrupt_image_past_the_first": (
+        with_config(corrupt_images_past_the_first),
+        2,
+        r"utk/data/2[123]_0_0_b\d\.jpg: sample [123]: cannot read its image",
+    ),
+    "absurd_model_size": (
+        with_config(set_in("model", "config", "intermediate_size", 10**12)),
+        2,
+        r"model: model\.config: the config asks for a model of [\d,]+ parameters \(over 10,000,000,000\): sizes "
+        r"\{'intermediate_size': 1000000000000",
+    ),
     "output_dir_is_a_file": (make_file, 2, r"a_file is a file, not a folder"),
     "new_run_over_an_earlier_one": (on_finished_run([]), 2, r"holds an earlier run \(checkpoint-1, checkpoint-2,"),
     "resume_under_another_config": (
@@ -298,6 +336,45 @@ def test_overwrite_output_dir_replaces_the_earlier_run(finished_run, tmp_path, c
     assert (
         record["config_sha256"]
         != json.loads((finished / "checkpoint-2" / RUN_RECORD_FILE).read_text())["config_sha256"]
+    )
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial_save(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(small_raw()))
+    save_rng_state = FaceptorTrainer._save_rng_state
+
+    def disk_full_at_step_two(self, output_dir):
+        if self.state.global_step == 2:
+            raise OSError(28, "No space left on device")
+        save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(FaceptorTrainer, "_save_rng_state", disk_full_at_step_two)
+    run = tmp_path / "run"
+    status, err = run_train(["--config", str(config), "--output_dir", str(run)], capsys)
+    full = r"run: the disk is full while saving \(No space left on device\); the checkpoints saved before are whole"
+    assert_one_line_error(status, err, 2, full)
+    assert sorted(path.name for path in run.iterdir() if "checkpoint" in path.name) == ["checkpoint-1"]
+    assert not missing_parts(str(run / "checkpoint-1"))
+
+
+def test_sigterm_stops_training_with_one_line_and_143(tmp_path, monkeypatch, capsys):
+    import signal
+
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(small_raw()))
+    save_rng_state = FaceptorTrainer._save_rng_state
+
+    def terminated_at_step_two(self, output_dir):
+        if self.state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(FaceptorTrainer, "_save_rng_state", terminated_at_step_two)
+    status, err = run_train(["--config", str(config), "--output_dir", str(tmp_path / "run")], capsys)
+    assert status == 143 and "Traceback" not in err, err[-2000:]
+    assert (
+        err.splitlines().count("faceptor train: terminated (SIGTERM); finished outputs kept, partial ones removed") == 1
     )
 
 

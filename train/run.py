@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -12,9 +13,12 @@ import sys
 from collections.abc import Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoModel, TrainingArguments, set_seed
 
+from ..commands.interruption import Terminated, run_stoppable
+from ..commands.model_loading import check_model_size
 from ..configuration_faceptor import FaceptorConfig
 from ..configuration_naive_faceptor import NaiveFaceptorConfig
 from ..modeling_faceptor import FaceptorModel
@@ -63,6 +67,7 @@ def build_model(config: TrainingConfig):
             raise TrainingConfigError(f"{config.source}: model.config has unknown keys {unknown}")
         try:
             model_config = config_class.from_preset(settings["preset"], **settings.get("config", {}))
+            check_model_size(model_config, "model.config")  # an absurd size: one line, not torch's allocation error
         except (TypeError, ValueError) as error:
             raise TrainingConfigError(f"{config.source}: model: {error}") from None
         model = model_class(model_config)
@@ -342,6 +347,11 @@ def prepare_output_dir(output_dir: str, config: TrainingConfig, resume: bool, ov
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`faceptor train`: its exit status; Ctrl-C and SIGTERM end it with one line (130, 143), no traceback."""
+    return run_stoppable(lambda: _train(argv), "faceptor train")
+
+
+def _train(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="faceptor train", description="Multi-task training of Faceptor.")
     parser.add_argument("--config", required=True, help="YAML training config")
     parser.add_argument("--output_dir", "--output-dir", default=None, help="checkpoints and the final model")
@@ -371,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return finish_training(trainer, config, output_dir, resume)
+    except (KeyboardInterrupt, Terminated):
+        close_progress_bars(trainer)  # the one line that follows starts a line of its own
+        raise
     except CheckpointError as error:
         print(f"faceptor train: error: {error}", file=sys.stderr)
         return 2
@@ -378,11 +391,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         close_progress_bars(trainer)
         print(f"faceptor train: error: {error}", file=sys.stderr)
         return 1
+    except DatasetFormatError as error:  # a corrupt image past the first sample, met while training
+        close_progress_bars(trainer)
+        print(f"faceptor train: error: {dataset_error_line(error)}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError, SafetensorError) as error:
+        if not is_disk_full(error):
+            raise
+        close_progress_bars(trainer)
+        remove_partial_saves(output_dir)  # the half-written save only takes space; the whole checkpoints stay
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
+        print(
+            f"faceptor train: error: {output_dir}: the disk is full while saving ({reason}); "
+            "the checkpoints saved before are whole",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         # A process group left open makes gloo's threads abort the interpreter at exit.
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` says the disk is full: an OSError's errno, or the words torch and safetensors wrap it in."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(words in str(error) for words in ("No space left on device", "StorageFull", "Disk quota exceeded"))
+
+
+def dataset_error_line(error: DatasetFormatError) -> str:
+    """The reader's own line: a DataLoader worker re-raises it wrapped ("Caught ... in DataLoader worker process
+    N." and the worker's traceback), whose last line holds it."""
+    lines = str(error).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else type(error).__name__
+
+
+def remove_partial_saves(output_dir: str) -> None:
+    """Removes the staging folders of saves that failed (`tmp-...`)."""
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            if name.startswith(STAGING_PREFIX):
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
 def close_progress_bars(trainer: FaceptorTrainer) -> None:

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..processing.image_loading import MAX_DECODED_PIXELS
+
 # The containers PyAV (FFmpeg) commonly opens; `faceptor predict` treats files with these suffixes as videos.
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 DEFAULT_FRAMES_AHEAD = 8  # decoded frames held ahead of the consumer
@@ -85,7 +87,15 @@ def _open(path: str | os.PathLike):
         kinds = sorted({stream.type for stream in container.streams}) or ["no"]
         container.close()
         raise NoVideoFramesError(f"{name}: no video stream (the file holds {' and '.join(kinds)} streams)")
-    return container, container.streams.video[0]
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > MAX_DECODED_PIXELS:  # the photos' budget: a frame is refused from the header, undecoded
+        container.close()
+        raise VideoError(
+            f"{name}: refused, frames of {width}x{height} decode to {width * height / 1e6:.0f} "
+            f"megapixels each, over the limit of {MAX_DECODED_PIXELS / 1e6:.0f}"
+        )
+    return container, stream
 
 
 def _reason(error: Exception) -> str:
@@ -168,6 +178,12 @@ def _decode(path: str, keep, put) -> None:
             for frame in frames:
                 time_s = float((frame.pts - start) * stream.time_base) if frame.pts is not None else None
                 time_s = round(time_s if time_s is not None else float(decoded * fallback_period), 6)
+                if frame.width * frame.height > MAX_DECODED_PIXELS:  # a stream that grows past its header's size
+                    raise VideoDecodeError(
+                        f"{path}: refused, frame {decoded} is {frame.width}x{frame.height}, over "
+                        f"the limit of {MAX_DECODED_PIXELS / 1e6:.0f} megapixels",
+                        decoded,
+                    )
                 if keep(decoded, time_s):
                     image = frame.to_ndarray(format="rgb24")
                     if frame.rotation:

@@ -5,12 +5,12 @@ temporary name and renamed when complete. Audio is dropped."""
 from __future__ import annotations
 
 import os
-import secrets
 from fractions import Fraction
 
 import numpy as np
 from PIL import ImageDraw
 
+from ..commands.output_files import partial_path, rename_target
 from ..visualization.drawing import _font, draw_result
 from .reading import VideoError, _av
 
@@ -66,9 +66,8 @@ class AnnotatedVideoWriter:
 
     def __init__(self, path: str | os.PathLike, fps: Fraction | float, width: int, height: int):
         av = _av()
-        self.path = str(path)
-        stem, suffix = os.path.splitext(self.path)
-        self.temporary = f"{stem}.{os.getpid()}-{secrets.token_hex(3)}.partial{suffix}"  # never a file that exists
+        self.path = rename_target(str(path))  # a link keeps its link; its target is replaced
+        self.temporary = partial_path(self.path)  # never a file that exists; a later run removes it if we are killed
         self.width, self.height = width, height
         codec = pick_encoder(self.path)
         self._container = av.open(self.temporary, "w")

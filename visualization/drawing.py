@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import colorsys
 import os
-import secrets
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -217,9 +216,11 @@ def save_picture(picture: Image.Image, path: str | os.PathLike) -> None:
     """Saves `picture` as a JPEG at `path` (making its folders), marked with `PICTURE_COMMENT`: written under a
     temporary name beside it and renamed when complete, so an interrupted save never leaves a half picture, nor
     truncates a file at `path`."""
-    path = os.fspath(path)
+    from ..commands.output_files import rename_target, temporary_path
+
+    path = rename_target(os.fspath(path))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = f"{path}.{os.getpid()}-{secrets.token_hex(3)}.tmp"
+    temporary = temporary_path(path)
     try:
         picture.save(temporary, format="JPEG", comment=PICTURE_COMMENT)
         os.replace(temporary, path)

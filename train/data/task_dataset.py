@@ -36,6 +36,34 @@ LABEL_COLUMNS = {"age": "age", "classification": "label", "multilabel": "attribu
 TaskDatasetBuilder = Callable[[dict, str, str, bool], Dataset]
 
 
+def label_range(spec: dict) -> tuple[float, float] | None:
+    """The labels a task's head can learn, (lowest, highest), for the kinds with one: an age head's queries are
+    ages 0..num_queries-1, a classification head's classes 0..num_queries-1."""
+    if spec["kind"] in ("age", "classification"):
+        return 0, spec["num_queries"] - 1
+    return None
+
+
+def check_label_range(rows, spec: dict, where: str) -> None:
+    """Refuses (`DatasetFormatError`, naming the first offending file) labels outside what the task's head can
+    learn: an age of 500 for a 0..100 head would train on a clipped target with no word said. Reads only the
+    label column, never an image."""
+    bounds, column = label_range(spec), LABEL_COLUMNS.get(spec["kind"])
+    if bounds is None or column not in getattr(rows, "column_names", ()):
+        return
+    labels = np.asarray(rows.data.column(column).to_numpy(zero_copy_only=False), dtype=np.float64)
+    outside = np.flatnonzero(~((labels >= bounds[0]) & (labels <= bounds[1])))  # NaN is outside too
+    if outside.size:
+        first = int(outside[0])
+        names = rows.data.column("file_name") if "file_name" in rows.column_names else None
+        name = f"{names[first].as_py()}: " if names is not None else f"row {first}: "
+        raise DatasetFormatError(
+            f"{name}{column} {labels[first]:g} outside {bounds[0]}..{bounds[1]}, the range of task "
+            f"{spec.get('name', spec['kind'])!r} ({outside.size} label{'s' * (outside.size != 1)} outside)",
+            where,
+        )
+
+
 class TaskDataset(Dataset):
     """Rows of a `datasets.Dataset` (images decoded lazily) -> transformed samples of one task kind."""
 
@@ -62,7 +90,23 @@ class TaskDataset(Dataset):
         return sample
 
     def __getitem__(self, index: int) -> dict:
-        return self.transform(self.sample(index))
+        try:
+            sample = self.sample(index)
+        except (OSError, ValueError, SyntaxError) as error:  # Pillow's words for a corrupt or truncated image
+            message = f"sample {index}: cannot read its image ({first_line(error)})"
+            raise DatasetFormatError(message, self.image_path(index)) from None
+        return self.transform(sample)
+
+    def image_path(self, index: int) -> str | None:
+        """The file of sample `index`'s image, as the reader stored it (None for an image held as bytes)."""
+        try:
+            return self.rows.data.column("image")[int(index)]["path"].as_py()
+        except (KeyError, AttributeError, TypeError, IndexError):
+            return None
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def face_dataset_builder(reader: str) -> TaskDatasetBuilder:
@@ -70,6 +114,7 @@ def face_dataset_builder(reader: str) -> TaskDatasetBuilder:
 
     def build(spec: dict, root: str, split: str, train: bool = True) -> TaskDataset:
         rows = load_face_dataset(reader, root, split)
+        check_label_range(rows, spec, f"{reader} {root}")
         transform = build_train_transform if train else build_eval_transform
         return TaskDataset(rows, spec["kind"], transform(spec["kind"], spec["input_size"], reader))
 
