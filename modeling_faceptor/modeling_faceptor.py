@@ -986,6 +986,44 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorTaskModelMixin, FaceptorPreTra
         )
         return output if return_dict else output.to_tuple()
 
+    def _decoder_tokens(
+        self,
+        specs: Sequence[TaskSpec],
+        projected: Mapping[int, torch.Tensor],
+        anchor_position: torch.Tensor,
+        task_samples: Mapping[str, slice] | None,
+    ) -> dict[str, torch.Tensor]:
+        """The transformer decoder's task tokens of the decoded tasks: all tasks' queries in one pass, or with
+        `task_samples` each task on its own rows (multi-task training)."""
+        if not task_samples:
+            return self.decoder.forward_tasks(specs, projected, anchor_position)
+        tokens = {}
+        for spec in specs:
+            rows = task_samples.get(spec.name, slice(None))
+            own_levels = {level: features[rows] for level, features in projected.items()}
+            tokens[spec.name] = self.decoder(spec, own_levels, anchor_position)
+        return tokens
+
+    def _task_heads(
+        self,
+        specs: Sequence[TaskSpec],
+        decoder_tokens: Mapping[str, torch.Tensor],
+        patch_features: Mapping[int, torch.Tensor],
+        pixel_embeddings: torch.Tensor | None,
+        task_samples: Mapping[str, slice],
+    ) -> dict[str, torch.Tensor]:
+        """Each task's raw output through the output module its category shares."""
+        task_outputs = {}
+        for spec in specs:
+            rows = task_samples.get(spec.name, slice(None))
+            if spec.category == "identity":
+                task_outputs[spec.name] = self.identity_head(patch_features[self.config.top_layer][rows])
+            elif spec.category == "dense":
+                task_outputs[spec.name] = self.dense_head(decoder_tokens[spec.name], pixel_embeddings[rows])
+            else:
+                task_outputs[spec.name] = self.attribute_head(decoder_tokens[spec.name])
+        return task_outputs
+
     def _forward_crops(
         self,
         pixel_values: torch.Tensor,
@@ -1015,34 +1053,17 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorTaskModelMixin, FaceptorPreTra
         }
 
         projected = self.decoder.project(patch_features, levels)
-        anchor_position = None
-        if decoded:
-            anchor_position = self.decoder.anchor_position(height, width, pixel_values.device, pixel_values.dtype)
         pixel_embeddings = None
         if any(spec.category == "dense" for spec in specs):
-            top_level = self.decoder.feature_layers.index(self.config.top_layer)
-            top = projected[top_level]
-            top = top.transpose(1, 2).reshape(top.shape[0], top.shape[2], height, width)
-            pixel_embeddings = self.pixel_decoder(top)
-
-        task_outputs, decoder_tokens = {}, {}
-        if task_samples:
-            # Each task on its own rows: one decoder pass per task (multi-task training).
-            for spec in decoded:
-                rows = task_samples.get(spec.name, slice(None))
-                own_levels = {level: features[rows] for level, features in projected.items()}
-                decoder_tokens[spec.name] = self.decoder(spec, own_levels, anchor_position)
-        elif decoded:
-            decoder_tokens = self.decoder.forward_tasks(decoded, projected, anchor_position)
-        task_samples = task_samples or {}
-        for spec in specs:
-            rows = task_samples.get(spec.name, slice(None))
-            if spec.category == "identity":
-                task_outputs[spec.name] = self.identity_head(patch_features[self.config.top_layer][rows])
-            elif spec.category == "dense":
-                task_outputs[spec.name] = self.dense_head(decoder_tokens[spec.name], pixel_embeddings[rows])
-            else:
-                task_outputs[spec.name] = self.attribute_head(decoder_tokens[spec.name])
+            top = projected[self.decoder.feature_layers.index(self.config.top_layer)]
+            pixel_embeddings = self.pixel_decoder(
+                top.transpose(1, 2).reshape(top.shape[0], top.shape[2], height, width)
+            )
+        decoder_tokens = {}
+        if decoded:
+            anchor_position = self.decoder.anchor_position(height, width, pixel_values.device, pixel_values.dtype)
+            decoder_tokens = self._decoder_tokens(decoded, projected, anchor_position, task_samples)
+        task_outputs = self._task_heads(specs, decoder_tokens, patch_features, pixel_embeddings, task_samples or {})
 
         output = FaceptorOutput(
             last_hidden_state=encoder_outputs.last_hidden_state,
