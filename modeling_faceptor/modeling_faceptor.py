@@ -645,6 +645,12 @@ class CheckedLoadingMixin:
             check_loaded_weights(model, loading_info["missing_keys"], source)
         return (model, loading_info) if output_loading_info else model
 
+    def refuse_if_incomplete(self, allow_missing_weights: bool = False) -> None:
+        """A `ValueError` naming the tensors `from_pretrained` did not find in the checkpoint (unless
+        `allow_missing_weights`) or that hold NaN or inf: what answers are given with must be wholly loaded."""
+        source = getattr(self, "name_or_path", "") or type(self).__name__
+        check_loaded_weights(self, getattr(self, "_missing_keys_at_load", []), source, allow_missing_weights)
+
 
 class FaceptorPreTrainedModel(CheckedLoadingMixin, PreTrainedModel):
     config: FaceptorConfig

@@ -57,30 +57,6 @@ def _round(values: Any, digits: int = 4) -> Any:
     return np.round(np.asarray(values, dtype=np.float64), digits).tolist()
 
 
-def refuse_incomplete_model(model: torch.nn.Module, allow_missing_weights: bool = False) -> None:
-    """A `ValueError` naming the tensors `from_pretrained` did not find in the checkpoint (it only warns, as
-    transformers does; unless `allow_missing_weights`) or that hold NaN or inf: a pipeline gives answers, and such a
-    model would give wrong ones silently. The same message as the CLI's loader (`check_loaded_weights`)."""
-    source = getattr(model, "name_or_path", "") or type(model).__name__
-    missing = list(getattr(model, "_missing_keys_at_load", []))
-    if missing and not allow_missing_weights:
-        raise ValueError(
-            f"{source}: {len(missing)} tensors missing from the weights: {', '.join(missing[:5])}"
-            + (", ..." if len(missing) > 5 else "")
-            + " (pass allow_missing_weights=True to initialise them randomly)"
-        )
-    non_finite = [
-        name
-        for name, tensor in model.state_dict().items()
-        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
-    ]
-    if non_finite:
-        raise ValueError(
-            f"{source}: {len(non_finite)} tensors hold NaN or infinite values: {', '.join(non_finite[:5])}"
-            + (", ..." if len(non_finite) > 5 else "")
-        )
-
-
 def _names(spec: Any, count: int) -> list[str]:
     # a task's label names, else `<prefix>_<index>` with its kind's prefix
     return list(spec.labels or [f"{spec.kind_info.label_prefix}_{index}" for index in range(count)])
@@ -152,7 +128,10 @@ class FacePerceptionPipeline(ChunkPipeline):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        refuse_incomplete_model(self.model, allow_missing_weights)
+        # A pipeline gives answers: a model not wholly loaded (or with NaN/inf weights) would give wrong ones silently.
+        refuse = getattr(self.model, "refuse_if_incomplete", None)
+        if refuse is not None:
+            refuse(allow_missing_weights)
         if self.image_processor is None:
             self.image_processor = FaceptorImageProcessor()
         if self._batch_size is None:

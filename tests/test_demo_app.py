@@ -113,6 +113,7 @@ def test_the_models_task_list_drives_the_page(tmp_path, demo):
     assert "| glasses (classification) | " in analysis.panel and "sun" in analysis.panel  # under the face's "more"
     tasks = [spec for spec in PRESETS["faceptor-base"]["tasks"] if spec["kind"] != "embedding"]
     FaceptorModel(tiny_config(tasks=tasks)).eval().save_pretrained(tmp_path / "no-identity")
+    FaceptorImageProcessor(dense_size=64, face_size=32).save_pretrained(tmp_path / "no-identity")
     no_identity = load_demo(str(tmp_path / "no-identity"))
     assert no_identity.identity_task is None
     assert "no identity-embedding task" in no_identity.compare(PHOTO, PHOTO).message
