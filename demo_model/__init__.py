@@ -26,7 +26,7 @@ def _note(withheld: dict[str, str]) -> str:
     note = "no --model: the bundled demo model"
     if withheld:
         note += f" (without {', '.join(withheld)}: below their bars, see its card)"
-    return note + "; --model DIR for converted official weights"
+    return note + "; --model for converted weights"
 
 
 DEMO_MODEL_NOTE = _note(withheld_tasks())
