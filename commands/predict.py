@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -44,6 +45,7 @@ from .sharding import (
     write_part_line,
 )
 from .streaming import BoundedPictureSaver, Item, OrderedWriter, Throughput, decode_ahead, make_decoder
+from .terminal_output import closing_line, describe_result, is_terminal
 
 EXIT_CODES = """exit status:
   0  every input was processed (images without a face included: their record has "faces": [])
@@ -92,17 +94,20 @@ def load_pipeline(model: str, device: str | None, dtype: str = "float32"):
 
 class ResultSink:
     """The writing end, run on the writer thread in input order: one JSON line per usable result (or an indexed
-    part-file line when sharded), one stderr line per unusable input, a picture on request (`pictures`: its path
-    per input index), the progress bar; it counts what the closing summary reports."""
+    part-file line when sharded; `human`: a few readable lines per image instead, for a terminal), one stderr line
+    per unusable input, a picture on request (`pictures`: its path per input index), the progress bar (counting
+    inputs that exist); it counts what the closing summary reports."""
 
     def __init__(self, output: IO[str], progress, pictures: Sequence[str] | None = None, sharded: bool = False,
-                 picture_workers: int = 2, pictures_pending: int = 8):  # fmt: skip
+                 picture_workers: int = 2, pictures_pending: int = 8, human: bool = False):  # fmt: skip
         self.output, self.progress, self.pictures, self.sharded = output, progress, pictures, sharded
+        self.human = human and not sharded
         self.saver = None
         if pictures is not None:
             self.saver = BoundedPictureSaver(picture_workers, pictures_pending, done=self._picture_saved)
         self.throughput = Throughput()
         self.errors = self.no_face = self.non_finite = self.failed_pictures = 0
+        self.images = self.faces = 0  # usable results, for the closing line
 
     def __call__(self, item: Item) -> None:
         result = item.result
@@ -116,6 +121,8 @@ class ResultSink:
         try:
             if self.sharded:
                 write_part_line(self.output, item.index, result, line)  # errors too: the merge counts them
+            elif status != ERROR and self.human:
+                self.progress.write("\n".join(describe_result(result)), file=self.output)  # above the bar
             elif status != ERROR:
                 write_record(self.output, result, line)
         except OSError as error:
@@ -123,6 +130,11 @@ class ResultSink:
         if self.saver is not None and status != ERROR:
             self.saver.submit(_save_picture, item.image, result, self.pictures[item.index])
         self.throughput.add(result)
+        if status != ERROR:
+            self.images += 1
+            self.faces += len(result.get("faces", ()))
+        if status == ERROR and not os.path.exists(item.path):
+            return  # the bar counts the inputs that exist: a missing one is only its error line
         self.progress.set_postfix_str(f"{self.throughput.faces_per_second():.2f} faces/s", refresh=False)
         self.progress.update(1)
 
@@ -232,19 +244,34 @@ def claim_outputs(args: argparse.Namespace, images: Sequence[str], pictures: Seq
     return lock
 
 
+def _warm_up(face_pipeline, tasks: Sequence[str] | None) -> None:
+    """One forward pass on a blank crop, timed as its own step: the first pass's one-time costs (kernel selection,
+    allocations, a compile under --compile) stay out of the progress bar's rate."""
+    import numpy as np
+
+    started = time.perf_counter()
+    print("faceptor: warming up ...", end="", file=sys.stderr, flush=True)
+    face_pipeline(np.zeros((64, 64, 3), np.uint8), tasks=tasks, detector=None)
+    print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+
+
 def _report_error(message: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(f"faceptor: error: {message}", file=sys.stderr)  # above any progress bar
 
 
-def _summarise(no_face: int, total: int, non_finite: int) -> None:
-    """The closing lines on standard error: how many images had no face, how many faces had non-finite values."""
-    if no_face:
+def _summarise(no_face: int, total: int, non_finite: int, closing: str | None = None, to=None) -> None:
+    """The closing lines on standard error: how many images had no face, how many faces had non-finite values;
+    for a person (`closing`, printed on `to`), one line of images, faces, errors, no-face images, paths and rate in
+    place of the no-face line."""
+    if no_face and closing is None:
         print(f"faceptor: {no_face} of {total} image{'s' * (total != 1)} had no face", file=sys.stderr)
     if non_finite:
         faces = "1 face" if non_finite == 1 else f"{non_finite} faces"
         print(f'faceptor: {faces} had NaN or infinite values, written as null (see "non_finite")', file=sys.stderr)
+    if closing is not None:
+        print(closing, file=to or sys.stderr)
 
 
 def command_predict(args: argparse.Namespace) -> int:
@@ -310,7 +337,15 @@ def _predict(
             raise CommandError(str(error)) from None
         if is_main:
             announce_demo_model()
+    # For a person (a terminal, no --quiet): loading and warm-up are steps of their own, so that the bar that
+    # follows times only images and its rate and ETA are the steady state's.
+    steps = is_main and not args.quiet and is_terminal(sys.stderr)
+    started = time.perf_counter()
+    if steps:
+        print("faceptor: loading the model ...", end="", file=sys.stderr, flush=True)
     face_pipeline = load_pipeline(model, device, args.dtype)
+    if steps:
+        print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     if args.compile if args.compile is not None else face_pipeline.device.type == "cuda":
         # Batches padded to --batch-size faces: one compiled graph per crop size (with CUDA graphs on CUDA).
         install_fixed_shape_forward(face_pipeline.model, args.batch_size, default_compile_mode(face_pipeline.device),
@@ -325,17 +360,22 @@ def _predict(
         decoder = make_decoder(args.decode, device)
     except ValueError as error:
         raise CommandError(str(error)) from None
+    if steps and images:
+        _warm_up(face_pipeline, args.tasks)
     mine = shard(images, rank, world)
     # Written under a temporary name and renamed when complete: a run that dies leaves any earlier output whole.
     final = (part_path(args.output, rank, world) if world > 1 else args.output) if args.output else None
     target = temporary_path(final) if final else None
     # Part files are always indexed JSON lines; the merge writes them in --output-format.
     output = open_records_output(target, "jsonl" if world > 1 else args.output_format) if target else sys.stdout
+    human = output is sys.stdout and is_terminal(sys.stdout)  # a person reads the results: a summary, not JSON
     description = "faceptor" if world == 1 else f"faceptor (process 0 of {world})"
+    existing = sum(os.path.exists(path) for _, path in mine)  # a missing input is an error line, not a step
     try:
-        with tqdm(total=len(mine), unit="image", desc=description,
-                  disable=args.quiet or not is_main or not mine) as progress:  # fmt: skip
-            sink = ResultSink(output, progress, pictures, sharded=world > 1, picture_workers=args.workers)
+        # smoothing=0: the rate is the mean since the bar began, not the last gap's (results come in batches).
+        with tqdm(total=existing, unit="image", desc=description, smoothing=0,
+                  disable=args.quiet or not is_main or not existing) as progress:  # fmt: skip
+            sink = ResultSink(output, progress, pictures, sharded=world > 1, picture_workers=args.workers, human=human)
             try:
                 predict_stream(face_pipeline, mine, sink, tasks=args.tasks, detector=None if args.no_detector
                                else "auto", batch_size=args.batch_size, images_in_flight=args.images_in_flight,
@@ -353,7 +393,14 @@ def _predict(
             if os.path.exists(target):
                 os.remove(target)  # an interrupted run: its partial output goes, any earlier output stays
     if world == 1:
-        _summarise(sink.no_face, len(images), sink.non_finite + video_non_finite)
+        closing = None
+        if human or (not args.quiet and is_terminal(sys.stderr)):
+            seconds = time.perf_counter() - sink.throughput.start
+            rate = sink.images / seconds if sink.images and seconds > 0 else None
+            errors = sink.errors + video_errors
+            closing = closing_line(len(images), sink.faces, errors, sink.no_face, rate, final, args.visualize)
+        to = sys.stdout if human else sys.stderr
+        _summarise(sink.no_face, len(images), sink.non_finite + video_non_finite, closing, to)
         return 1 if sink.errors or video_errors else 0
     state.wait_for_everyone()
     try:
