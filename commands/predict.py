@@ -17,10 +17,11 @@ from ..demo_model import announce_demo_model, demo_model_path
 from ..processing.image_loading import image_suffixes
 from ..video.reading import VIDEO_SUFFIXES
 from ..visualization.drawing import draw_result, save_picture
+from .arguments import add_predict_command
 from .compiled_inference import default_compile_mode, install_fixed_shape_forward
 from .errors import CommandError, error_summary, run_handler
 from .model_loading import load_model_folder
-from .parquet_output import OUTPUT_FORMATS, check_output_format, open_records_output, write_record
+from .parquet_output import check_output_format, open_records_output, write_record
 from .predict_outputs import (
     InputFiles,
     OutputLock,
@@ -30,7 +31,7 @@ from .predict_outputs import (
     picture_paths,
     temporary_path,
 )
-from .predict_video import check_video_outputs, positive_rate, predict_videos, split_videos, wants_annotated_video
+from .predict_video import check_video_outputs, predict_videos, split_videos, wants_annotated_video
 from .result_json import json_line
 from .sharding import (
     ERROR,
@@ -46,17 +47,6 @@ from .sharding import (
 )
 from .streaming import BoundedPictureSaver, Item, OrderedWriter, Throughput, decode_ahead, make_decoder
 from .terminal_output import closing_line, describe_result, is_terminal
-
-EXIT_CODES = """exit status:
-  0  every input was processed (images without a face included: their record has "faces": [])
-  1  some inputs could not be used (unreadable, corrupt, too large, a failed crop or picture): one line each on
-     standard error, no record in the output; the results of the others are all written
-  2  usage error, nothing processed: bad arguments, an unusable --model, --device or --output, an --output or
-     --visualize that would overwrite an input, an --output another run is writing (OUTPUT.lock)
-
-Images without a face are counted in one line on standard error. The output is always valid JSON lines (or, with
---output-format parquet, a Parquet file of the same records, one row each): a value holding NaN or infinity is
-written as null and its key named in the face's "non_finite" list."""
 
 
 def expand_inputs(paths: Sequence[str]) -> list[tuple[str, str]]:
@@ -416,60 +406,6 @@ def _predict(
         return 1 if statuses[ERROR] or sink.failed_pictures else 0
     finally:
         close_process_group()  # also keeps the others alive until the merge is done
-
-
-def add_predict_command(subparsers) -> argparse.ArgumentParser:
-    """Adds `faceptor predict IMAGE ... [--model DIR]` to the CLI's subcommands; its usage errors are one line."""
-    predict = subparsers.add_parser("predict", help="run every task on images; JSON lines out",
-                                    description="Every task of a Faceptor model on images and videos: JSON lines "
-                                    "out, one per image (or video frame with faces), in input order;\nor a Parquet "
-                                    "file of the same records (--output-format parquet).", epilog=EXIT_CODES,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    predict.add_argument("images", nargs="+", help="image or video files, or folders of them")
-    predict.add_argument("--model", help="Faceptor model folder (default: the bundled demo model)")
-    predict.add_argument("--tasks", nargs="+", help="task names (default: all the model's tasks)")
-    predict.add_argument("--output", help="write the results here instead of standard output (never over an input; "
-                         "one run at a time, through OUTPUT.lock)")  # fmt: skip
-    predict.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl",
-                         help="jsonl: one JSON line per image or video frame with faces (default); parquet: the same "
-                         "records as rows of the --output file, written in row groups as they come (needs "
-                         "pyarrow; for large runs)")  # fmt: skip
-    predict.add_argument("--visualize", metavar="OUT_DIR", help="write a picture of each result here (a video's: "
-                         "NAME/frame_NNNNNN.jpg; or name one video's annotated OUT.mp4), named by the "
-                         "input's path inside what was given (never over an input)")  # fmt: skip
-    predict.add_argument("--no-detector", action="store_true", help="take each image as one face crop")
-    sampling = predict.add_mutually_exclusive_group()
-    sampling.add_argument("--every", type=_positive, metavar="N", help="videos: every N-th frame (default: all)")
-    sampling.add_argument("--fps", type=positive_rate, metavar="F", help="videos: about F frames a second")
-    predict.add_argument("--smooth", action="store_true",
-                         help="videos: One-Euro smoothing of each face track's box and landmarks")  # fmt: skip
-    predict.add_argument("--batch-size", type=_positive, default=8, help="faces per forward pass of the model")
-    predict.add_argument("--images-in-flight", type=_positive, default=16, metavar="N",
-                         help="decoded images held ahead of the model (bounds memory; default 16)")  # fmt: skip
-    predict.add_argument("--workers", type=_positive, default=min(4, os.cpu_count() or 1),
-                         help="threads decoding images (and drawing pictures)")  # fmt: skip
-    predict.add_argument("--decode", choices=["auto", "pil", "device"], default="auto",
-                         help="JPEGs decoded by Pillow, or by nvJPEG on the CUDA --device (auto: on CUDA)")  # fmt: skip
-    predict.add_argument("--device", help="torch device, e.g. cuda:0 (default: CPU)")
-    predict.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                         help="weights and activations; bfloat16 is faster on recent CPUs and GPUs")  # fmt: skip
-    predict.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                         help="torch.compile the model at fixed batch shapes: slow first batch per crop size, then "
-                              "faster (default: on for a CUDA --device)")  # fmt: skip
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
-    predict.set_defaults(handler=command_predict)
-    predict.error = lambda message: predict.exit(2, f"{predict.prog}: error: {message} (see --help)\n")  # one line
-    return predict
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

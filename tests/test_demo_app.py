@@ -20,12 +20,13 @@ from test_hub import TOKEN, assert_ran, run_client  # noqa: E402
 
 from conftest import run_cli, tiny_config  # noqa: E402
 from faceptor import FaceptorImageProcessor, FaceptorModel  # noqa: E402
+from faceptor.assets import ASSETS_DIR  # noqa: E402
 from faceptor.commands import demo as demo_module  # noqa: E402
 from faceptor.commands.demo import identity_threshold_for, load_demo, video_supported  # noqa: E402
 from faceptor.commands.space import space_requirements, write_space_folder  # noqa: E402
 from faceptor.task_presets import PRESETS  # noqa: E402
 
-PHOTO = str(demo_module.ASSETS_DIR / "astronaut.jpg")
+PHOTO = str(ASSETS_DIR / "astronaut.jpg")
 CHROMIUM = shutil.which("chromium")  # Debian's; playwright cannot download its own browser here
 
 
@@ -68,7 +69,7 @@ def test_bad_inputs_are_messages_naming_the_upload(demo, tmp_path, monkeypatch):
     monkeypatch.setattr(demo_module, "MAX_IMAGE_PIXELS", 10_000)
     assert "384x512 is too large for this demo" in demo.analyse(PHOTO).message
     # The page's own handler: one line, never a traceback, whatever fails.
-    monkeypatch.setattr(demo, "upload_folder", str(demo_module.ASSETS_DIR))  # PHOTO as if Gradio had stored it
+    monkeypatch.setattr(demo, "upload_folder", str(ASSETS_DIR))  # PHOTO as if Gradio had stored it
     monkeypatch.setattr(demo, "analyse", lambda photo, tasks: 1 / 0)
     message, picture, panel, result = demo._page_analyse(PHOTO, None)
     assert message == "**Error:** ZeroDivisionError: division by zero" and picture is None and result is None
