@@ -170,42 +170,78 @@ def add_convert_naive_command(sources):
 
 def add_predict_command(subparsers) -> argparse.ArgumentParser:
     """Adds `faceptor predict IMAGE ... [--model DIR]` to the CLI's subcommands; its usage errors are one line."""
-    predict = subparsers.add_parser("predict", help="run every task on images; JSON lines out",
-                                    description="Every task of a Faceptor model on images and videos: JSON lines "
-                                    "out, one per image (or video frame with faces), in input order;\nor a Parquet "
-                                    "file of the same records (--output-format parquet).", epilog=EXIT_CODES,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    predict = subparsers.add_parser(
+        "predict",
+        help="run every task on images; JSON lines out",
+        description="Every task of a Faceptor model on images and videos: JSON lines "
+        "out, one per image (or video frame with faces), in input order;\nor a Parquet "
+        "file of the same records (--output-format parquet).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     predict.add_argument("images", nargs="+", help="image or video files, or folders of them")
     predict.add_argument("--model", help="Faceptor model folder (default: the bundled demo model)")
     predict.add_argument("--tasks", nargs="+", help="task names (default: all the model's tasks)")
-    predict.add_argument("--output", help="write the results here instead of standard output (never over an input; "
-                         "one run at a time, through OUTPUT.lock)")  # fmt: skip
-    predict.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl",
-                         help="jsonl: one JSON line per image or video frame with faces (default); parquet: the same "
-                         "records as rows of the --output file, written in row groups as they come (needs "
-                         "pyarrow; for large runs)")  # fmt: skip
-    predict.add_argument("--visualize", metavar="OUT_DIR", help="write a picture of each result here (a video's: "
-                         "NAME/frame_NNNNNN.jpg; or name one video's annotated OUT.mp4), named by the "
-                         "input's path inside what was given (never over an input)")  # fmt: skip
+    predict.add_argument(
+        "--output",
+        help="write the results here instead of standard output (never over an input; "
+        "one run at a time, through OUTPUT.lock)",
+    )
+    predict.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default="jsonl",
+        help="jsonl: one JSON line per image or video frame with faces (default); parquet: the same "
+        "records as rows of the --output file, written in row groups as they come (needs "
+        "pyarrow; for large runs)",
+    )
+    predict.add_argument(
+        "--visualize",
+        metavar="OUT_DIR",
+        help="write a picture of each result here (a video's: "
+        "NAME/frame_NNNNNN.jpg; or name one video's annotated OUT.mp4), named by the "
+        "input's path inside what was given (never over an input)",
+    )
     predict.add_argument("--no-detector", action="store_true", help="take each image as one face crop")
     sampling = predict.add_mutually_exclusive_group()
     sampling.add_argument("--every", type=_positive, metavar="N", help="videos: every N-th frame (default: all)")
     sampling.add_argument("--fps", type=positive_rate, metavar="F", help="videos: about F frames a second")
-    predict.add_argument("--smooth", action="store_true",
-                         help="videos: One-Euro smoothing of each face track's box and landmarks")  # fmt: skip
+    predict.add_argument(
+        "--smooth", action="store_true", help="videos: One-Euro smoothing of each face track's box and landmarks"
+    )
     predict.add_argument("--batch-size", type=_positive, default=8, help="faces per forward pass of the model")
-    predict.add_argument("--images-in-flight", type=_positive, default=16, metavar="N",
-                         help="decoded images held ahead of the model (bounds memory; default 16)")  # fmt: skip
-    predict.add_argument("--workers", type=_positive, default=min(4, os.cpu_count() or 1),
-                         help="threads decoding images (and drawing pictures)")  # fmt: skip
-    predict.add_argument("--decode", choices=["auto", "pil", "device"], default="auto",
-                         help="JPEGs decoded by Pillow, or by nvJPEG on the CUDA --device (auto: on CUDA)")  # fmt: skip
+    predict.add_argument(
+        "--images-in-flight",
+        type=_positive,
+        default=16,
+        metavar="N",
+        help="decoded images held ahead of the model (bounds memory; default 16)",
+    )
+    predict.add_argument(
+        "--workers",
+        type=_positive,
+        default=min(4, os.cpu_count() or 1),
+        help="threads decoding images (and drawing pictures)",
+    )
+    predict.add_argument(
+        "--decode",
+        choices=["auto", "pil", "device"],
+        default="auto",
+        help="JPEGs decoded by Pillow, or by nvJPEG on the CUDA --device (auto: on CUDA)",
+    )
     predict.add_argument("--device", help="torch device, e.g. cuda:0 (default: CPU)")
-    predict.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                         help="weights and activations; bfloat16 is faster on recent CPUs and GPUs")  # fmt: skip
-    predict.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                         help="torch.compile the model at fixed batch shapes: slow first batch per crop size, then "
-                              "faster (default: on for a CUDA --device)")  # fmt: skip
+    predict.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="weights and activations; bfloat16 is faster on recent CPUs and GPUs",
+    )
+    predict.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the model at fixed batch shapes: slow first batch per crop size, then "
+        "faster (default: on for a CUDA --device)",
+    )
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=Handler(".predict", "command_predict"))
     predict.error = lambda message: predict.exit(2, f"{predict.prog}: error: {message} (see --help)\n")  # one line
@@ -220,9 +256,12 @@ def add_demo_command(subparsers) -> argparse.ArgumentParser:
     demo.add_argument("--host", default=DEFAULT_HOST, help=f"address to serve on (default {DEFAULT_HOST})")
     demo.add_argument("--share", action="store_true", help="also serve on a temporary public gradio.live link")
     demo.add_argument("--device", help="torch device for the model, e.g. cuda:0 (default: CPU)")
-    demo.add_argument("--identity-threshold", type=float,
-                      help="cosine at or above which two faces are the same person (default: from the model's "
-                      f"measured pairs when it has them, else {DEFAULT_IDENTITY_THRESHOLD})")  # fmt: skip
+    demo.add_argument(
+        "--identity-threshold",
+        type=float,
+        help="cosine at or above which two faces are the same person (default: from the model's "
+        f"measured pairs when it has them, else {DEFAULT_IDENTITY_THRESHOLD})",
+    )
     demo.set_defaults(handler=Handler(".demo", "command_demo"))
     return demo
 
