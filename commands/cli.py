@@ -1,4 +1,5 @@
-"""The `faceptor` command line: one subcommand per tool, each defined beside its tool."""
+"""The `faceptor` command line: one subcommand per tool, their arguments in `arguments.py` (no torch needed to
+parse them), each handler in its tool's module, imported when its command runs."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .compare_params import add_compare_params_command, add_summary_command
-from .convert import add_convert_command
-from .convert_naive import add_convert_naive_command
-from .demo import add_demo_command
+from .arguments import (
+    add_compare_params_command,
+    add_convert_command,
+    add_convert_naive_command,
+    add_demo_command,
+    add_evaluate_command,
+    add_export_command,
+    add_predict_command,
+    add_push_command,
+    add_summary_command,
+)
 from .errors import run_handler
-from .evaluate import add_evaluate_command
-from .export import add_export_command
-from .predict import add_predict_command
-from .push import add_push_command
 
 
 def build_parser() -> argparse.ArgumentParser:

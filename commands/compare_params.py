@@ -17,6 +17,7 @@ import torch
 from ..configuration_faceptor import FaceptorConfig, TaskSpec
 from ..configuration_naive_faceptor import NaiveFaceptorConfig
 from ..task_presets import OFFICIAL_TASKS, PRESETS
+from .arguments import add_compare_params_command
 from .errors import CommandError, error_summary
 
 # New tasks whose cost the table shows, one per category.
@@ -222,11 +223,20 @@ def parameter_summary(config) -> list[tuple[str, int]]:
 
 
 def command_summary(args: argparse.Namespace) -> None:
-    config = load_config(args.model)
+    model, name = args.model, args.model
+    if model is None:  # as predict and demo: the bundled demo model
+        from ..demo_model import demo_model_path
+
+        try:
+            model = demo_model_path()
+        except FileNotFoundError as error:
+            raise CommandError(str(error)) from None
+        name = f"the bundled demo model ({model})"
+    config = load_config(model)
     rows = parameter_summary(config)
     total = sum(count for name, count in rows if not name.startswith("  "))
     width = max(len(name) for name, _ in rows)
-    print(f"{args.model}: {total / 1e6:.1f}M parameters")
+    print(f"{name}: {total / 1e6:.1f}M parameters")
     for name, count in rows:
         print(f"{name:<{width}}  {count / 1e6:>8.3f}M")
 
@@ -238,30 +248,4 @@ def _command_compare_params(args: argparse.Namespace) -> None:
         raise CommandError(str(error)) from None
 
 
-def add_compare_params_command(subparsers) -> argparse.ArgumentParser:
-    """Adds `compare-params` to the `faceptor` command's subparsers:
-    `faceptor compare-params [faceptor-base | faceptor-full | TASK ...]`."""
-    parser = subparsers.add_parser(
-        "compare-params", help="parameters of Faceptor vs Naive Faceptor for a task list (paper Tables 1 and 3)"
-    )
-    parser.add_argument(
-        "tasks",
-        nargs="*",
-        help="a preset (faceptor-base, faceptor-full) or official task names (default: faceptor-base)",
-    )
-    parser.add_argument(
-        "--one-head-per-task", action="store_true", help="Naive Faceptor: no task shares a head (paper Table 1)"
-    )
-    parser.set_defaults(handler=_command_compare_params)
-    return parser
-
-
 __all__ = ["add_compare_params_command", "compare_parameters", "resolve_task_list"]
-
-
-def add_summary_command(subparsers) -> argparse.ArgumentParser:
-    """Adds `faceptor summary [PRESET | MODEL_DIR]` to the CLI's subcommands."""
-    summary = subparsers.add_parser("summary", help="parameter counts of a preset or a saved model")
-    summary.add_argument("model", nargs="?", default="faceptor-base", help="preset name or model folder")
-    summary.set_defaults(handler=command_summary)
-    return summary

@@ -575,16 +575,6 @@ def save_converted_model(
             save_file(tensors, staging / "training_state.safetensors")
 
 
-def layer_list(text: str) -> list[int]:
-    """`"1,3,5"` -> `[1, 3, 5]`, as an argparse type for the converters' layer options."""
-    import argparse
-
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
-
-
 def convert_official_checkpoint(
     checkpoint_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -730,25 +720,3 @@ def command_convert(args: argparse.Namespace) -> None:
         raise CommandError(str(error).splitlines()[0]) from None
     print(f"wrote {args.output_dir}")
     print(report.summary())
-
-
-def add_convert_command(subparsers):
-    """Adds `faceptor convert {official,farl} CHECKPOINT OUT_DIR` to the CLI's subcommands; returns the
-    subparsers of the checkpoint sources, for `convert_naive` to add its own."""
-    convert = subparsers.add_parser("convert", help="convert official Faceptor or FaRL weights to a model folder")
-    sources = convert.add_subparsers(dest="source", required=True)
-    official = sources.add_parser("official", help="an official checkpoint (checkpoint_rank0_iter_*.pth.tar)")
-    official.add_argument("--keep-loss-weights", action="store_true", help="also save the loss module's weights")
-    official.add_argument("--decoder-heads", type=int, default=8, help="decoder attention heads (official: 8)")
-    official.add_argument(
-        "--new-feature-layers", type=layer_list, help="stage-2 levels' encoder layers (official: 1,3,5,7,9)"
-    )
-    farl = sources.add_parser("farl", help="FaRL weights (.pth) or the same in Transformers CLIPModel layout")
-    farl.add_argument("--preset", default="faceptor-base", help="tasks and decoder of the new model")
-    for parser_ in (official, farl):
-        parser_.add_argument("checkpoint", help="checkpoint file (or CLIPModel folder)")
-        parser_.add_argument("output_dir", help="folder to write the model to")
-        parser_.add_argument("--encoder-heads", type=int, help="encoder attention heads (default: width / 64)")
-        parser_.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds files")
-    convert.set_defaults(handler=command_convert)
-    return sources

@@ -13,7 +13,6 @@ classifier holds all of them), and the attention head counts.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import os
@@ -24,6 +23,7 @@ import torch
 
 from ..configuration_naive_faceptor import NaiveFaceptorConfig
 from ..task_presets import FULL_TASKS, OFFICIAL_TASKS
+from .arguments import add_convert_naive_command
 from .convert import (
     OFFICIAL_PREFIX_KIND,
     CheckpointError,
@@ -34,7 +34,6 @@ from .convert import (
     _pack_attention,
     _split_packed_attention,
     infer_encoder_sizes,
-    layer_list,
     load_checkpoint_file,
     official_state_dict,
     save_converted_model,
@@ -395,13 +394,6 @@ def convert_official_naive_checkpoint(
 # ----------------------------------------------------------------------------------------------- command line
 
 
-def _task_group(text: str) -> tuple[str, list[str]]:
-    group, separator, names = text.partition("=")
-    if not separator or not group or not names:
-        raise argparse.ArgumentTypeError(f"expected GROUP=TASK[,TASK...], got {text!r}")
-    return group, [name for name in names.split(",") if name]
-
-
 def _command_convert_naive(args) -> None:
     try:
         report = convert_official_naive_checkpoint(
@@ -419,31 +411,6 @@ def _command_convert_naive(args) -> None:
         raise CommandError(str(error).splitlines()[0]) from None
     print(f"wrote {args.output_dir}")
     print(report.summary())
-
-
-def add_convert_naive_command(sources):
-    """Adds `official-naive` to the subparsers of `faceptor convert`:
-    `faceptor convert official-naive CHECKPOINT OUTPUT_DIR [--task-group GROUP=TASK,...] ...`."""
-    parser = sources.add_parser(
-        "official-naive", help="an official Naive Faceptor checkpoint (expreiments/naive_faceptor)"
-    )
-    parser.add_argument("checkpoint", help="checkpoint file (checkpoint_rank0_iter_*.pth.tar)")
-    parser.add_argument("output_dir", help="folder to write the model to")
-    parser.add_argument("--keep-loss-weights", action="store_true", help="also save the loss module's weights")
-    parser.add_argument("--encoder-heads", type=int, help="encoder attention heads (default: width / 64)")
-    parser.add_argument(
-        "--task-group",
-        type=_task_group,
-        action="append",
-        metavar="GROUP=TASK[,TASK...]",
-        help="the official task names of a head, in channel order (needed when a dense head's size is ambiguous)",
-    )
-    parser.add_argument("--dense-layers", type=layer_list, help="layers the dense heads read (official: 3,5,7,11)")
-    parser.add_argument("--attribute-layers", type=layer_list, help="attribute heads' layers (official: 5,7,9,11)")
-    parser.add_argument("--identity-layer", type=int, help="the identity heads' layer (official: 11)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it holds files")
-    parser.set_defaults(handler=_command_convert_naive)
-    return parser
 
 
 __all__ = [

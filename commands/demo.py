@@ -32,18 +32,14 @@ from ..demo_model import announce_demo_model, demo_model_path
 from ..processing.image_loading import ImageLoadError, load_image
 from ..processing.mask_encoding import decode_label_map
 from ..visualization.drawing import draw_result
+from .arguments import DEFAULT_IDENTITY_THRESHOLD, add_demo_command
 from .errors import CommandError
 from .model_loading import load_image_processor
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 serves the network
-DEFAULT_PORT = 7860  # Gradio's usual port, as on Spaces
 MAX_UPLOAD_SIZE = "20mb"  # Gradio refuses larger uploads in the page
 MAX_IMAGE_PIXELS = 40_000_000  # a photo larger than this is refused: seconds per request on a CPU Space
-# Without measured pairs for a model: a usual operating point of CosFace / ArcFace embeddings (such as
-# Faceptor's recog_ms1mv3); check it on pairs of your own.
-DEFAULT_IDENTITY_THRESHOLD = 0.3
 MAX_VIDEO_SECONDS = 30.0  # the video tab takes short clips: beyond this the analysis stops
 VIDEO_FRAMES_PER_SECOND = 5.0  # frames analysed per second of video
 PACKAGE = __package__.rpartition(".")[0]  # "faceptor"
@@ -539,21 +535,6 @@ def command_demo(args: argparse.Namespace) -> None:
         app.block_thread()
     except KeyboardInterrupt:
         app.close()
-
-
-def add_demo_command(subparsers) -> argparse.ArgumentParser:
-    """Adds `faceptor demo` to the CLI's subcommands."""
-    demo = subparsers.add_parser("demo", help="a browser page (Gradio) to try the model on photos")
-    demo.add_argument("--model", help="model folder or Hub repo (default: the bundled demo model)")
-    demo.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    demo.add_argument("--host", default=DEFAULT_HOST, help=f"address to serve on (default {DEFAULT_HOST})")
-    demo.add_argument("--share", action="store_true", help="also serve on a temporary public gradio.live link")
-    demo.add_argument("--device", help="torch device for the model, e.g. cuda:0 (default: CPU)")
-    demo.add_argument("--identity-threshold", type=float,
-                      help="cosine at or above which two faces are the same person (default: from the model's "
-                      f"measured pairs when it has them, else {DEFAULT_IDENTITY_THRESHOLD})")  # fmt: skip
-    demo.set_defaults(handler=command_demo)
-    return demo
 
 
 __all__ = [

@@ -58,21 +58,3 @@ def command_evaluate(args: argparse.Namespace) -> None:
     with open(output, "w") as handle:
         json.dump({"task": args.task, "reader": reader, "split": args.split, "scores": scalars}, handle, indent=1)
     print(f"wrote {output}")
-
-
-def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
-    """Adds `faceptor evaluate --model DIR --task NAME --data ROOT` to the CLI's subcommands."""
-    evaluate = subparsers.add_parser("evaluate", help="score a task on a dataset with the paper's protocol")
-    evaluate.add_argument("--model", required=True, help="model folder")
-    evaluate.add_argument("--task", required=True, help="task name, e.g. align_300w")
-    evaluate.add_argument("--data", required=True, help="the dataset's root folder, as downloaded")
-    evaluate.add_argument("--split", default="test", help="split (see faceptor.train.data.SPLITS)")
-    evaluate.add_argument("--reader", help="dataset reader (default: the task's name; identity: verification)")
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--limit", type=int, help="score only the first N samples")
-    evaluate.add_argument("--output", help="JSON file of the scores (default: metrics_<task>_<split>.json)")
-    evaluate.add_argument("--visualize", metavar="DIR", help="save pictures of the worst cases here")
-    evaluate.add_argument("--device", help="torch device (default: CPU)")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
-    evaluate.set_defaults(handler=command_evaluate)
-    return evaluate

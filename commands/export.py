@@ -110,17 +110,3 @@ def command_export(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
     for task, difference in differences.items():
         print(f"  {task}: largest difference to PyTorch {difference:.2e}")
-
-
-def add_export_command(subparsers) -> argparse.ArgumentParser:
-    """Adds `faceptor export onnx MODEL_DIR OUT.onnx` to the CLI's subcommands."""
-    export = subparsers.add_parser("export", help="export a model for other runtimes")
-    formats = export.add_subparsers(dest="format", required=True)
-    onnx = formats.add_parser("onnx", help="an ONNX graph of a task set, checked with onnxruntime")
-    onnx.add_argument("model", help="model folder")
-    onnx.add_argument("output", help="the .onnx file to write")
-    onnx.add_argument("--tasks", nargs="+", help="tasks (default: all; they must share a crop size)")
-    onnx.add_argument("--size", type=int, help="crop size (default: the tasks' own)")
-    onnx.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    export.set_defaults(handler=command_export)
-    return export

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -17,11 +18,12 @@ from ..processing.image_loading import image_suffixes
 from ..processing.streaming import StreamItem, make_decoder, stream_faces
 from ..video.reading import VIDEO_SUFFIXES
 from ..visualization.drawing import draw_result, save_picture
+from .arguments import add_predict_command
 from .compiled_inference import default_compile_mode, install_fixed_shape_forward
 from .errors import CommandError, error_summary, run_handler
 from .model_loading import load_image_processor, load_model_folder
 from .output_files import OutputFile, is_special
-from .parquet_output import OUTPUT_FORMATS, check_output_format, open_records_output, write_record
+from .parquet_output import check_output_format, open_records_output, write_record
 from .predict_outputs import (
     InputFiles,
     OutputLock,
@@ -36,7 +38,7 @@ from .predict_outputs import (
     picture_paths,
     temporary_path,
 )
-from .predict_video import check_video_outputs, positive_rate, predict_videos, split_videos, wants_annotated_video
+from .predict_video import check_video_outputs, predict_videos, split_videos, wants_annotated_video
 from .result_json import json_line
 from .sharding import (
     ERROR,
@@ -51,22 +53,7 @@ from .sharding import (
     write_part_line,
 )
 from .streaming import BoundedPictureSaver, OrderedWriter, Throughput
-
-EXIT_CODES = """exit status:
-  0  every input was processed (images without a face included: their record has "faces": [])
-  1  some inputs could not be used (unreadable, corrupt, too large, a failed crop or picture): one line each on
-     standard error, no record in the output; the results of the others are all written
-  2  usage error, nothing processed: bad arguments, an unusable --model, --device or --output, an --output or
-     --visualize that would overwrite an input, an --output another run is writing (OUTPUT.lock)
-
-Limits: a photo or video frame that decodes to more than 50 megapixels (read from its header, before decoding) is
-refused as too large (exit 1, the others processed). Outputs: a FIFO, /dev/null or /dev/stdout as --output is written
-into, never replaced; --output and --visualize may not be one path or one inside the other. Ctrl-C exits 130 and
-SIGTERM 143, after removing the run's temporary, lock and partial files.
-
-Images without a face are counted in one line on standard error. The output is always valid JSON lines (or, with
---output-format parquet, a Parquet file of the same records, one row each): a value holding NaN or infinity is
-written as null and its key named in the face's "non_finite" list."""
+from .terminal_output import closing_line, describe_result, is_terminal
 
 
 def expand_inputs(paths: Sequence[str]) -> list[tuple[str, str]]:
@@ -109,17 +96,20 @@ def load_pipeline(model: str, device: str | None, dtype: str = "float32", detect
 
 class ResultSink:
     """The writing end, run on the writer thread in input order: one JSON line per usable result (or an indexed
-    part-file line when sharded), one stderr line per unusable input, a picture on request (`pictures`: its path
-    per input index), the progress bar; it counts what the closing summary reports."""
+    part-file line when sharded; `human`: a few readable lines per image instead, for a terminal), one stderr line
+    per unusable input, a picture on request (`pictures`: its path per input index), the progress bar (counting
+    inputs that exist); it counts what the closing summary reports."""
 
     def __init__(self, output: IO[str], progress, pictures: Sequence[str] | None = None, sharded: bool = False,
-                 picture_workers: int = 2, pictures_pending: int = 8):  # fmt: skip
+                 picture_workers: int = 2, pictures_pending: int = 8, human: bool = False):  # fmt: skip
         self.output, self.progress, self.pictures, self.sharded = output, progress, pictures, sharded
+        self.human = human and not sharded
         self.saver = None
         if pictures is not None:
             self.saver = BoundedPictureSaver(picture_workers, pictures_pending, done=self._picture_saved)
         self.throughput = Throughput()
         self.errors = self.no_face = self.non_finite = self.failed_pictures = 0
+        self.images = self.faces = 0  # usable results, for the closing line
 
     def __call__(self, item: StreamItem) -> None:
         result = item.result
@@ -133,6 +123,8 @@ class ResultSink:
         try:
             if self.sharded:
                 write_part_line(self.output, item.index, result, line)  # errors too: the merge counts them
+            elif status != ERROR and self.human:
+                self.progress.write("\n".join(describe_result(result)), file=self.output)  # above the bar
             elif status != ERROR:
                 write_record(self.output, result, line)
         except OSError as error:
@@ -140,6 +132,11 @@ class ResultSink:
         if self.saver is not None and status != ERROR:
             self.saver.submit(_save_picture, item.image_array(), result, self.pictures[item.index])
         self.throughput.add(result)
+        if status != ERROR:
+            self.images += 1
+            self.faces += len(result.get("faces", ()))
+        if status == ERROR and not os.path.exists(item.path):
+            return  # the bar counts the inputs that exist: a missing one is only its error line
         self.progress.set_postfix_str(f"{self.throughput.faces_per_second():.2f} faces/s", refresh=False)
         self.progress.update(1)
 
@@ -241,19 +238,38 @@ def claim_outputs(
     return lock
 
 
+def _warm_up(face_pipeline, tasks: Sequence[str] | None) -> None:
+    """One forward pass on a blank crop, timed as its own step: the first pass's one-time costs (kernel selection,
+    allocations, a compile under --compile) stay out of the progress bar's rate."""
+    import numpy as np
+
+    started = time.perf_counter()
+    print("faceptor: warming up ...", end="", file=sys.stderr, flush=True)
+    try:
+        face_pipeline(np.zeros((64, 64, 3), np.uint8), tasks=tasks, detector=None)
+    except Exception as error:  # the images' own runs report what fails, one line each, as without a warm-up
+        print(f" skipped ({error_summary(error)})", file=sys.stderr, flush=True)
+        return
+    print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+
+
 def _report_error(message: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(f"faceptor: error: {message}", file=sys.stderr)  # above any progress bar
 
 
-def _summarise(no_face: int, total: int, non_finite: int) -> None:
-    """The closing lines on standard error: how many images had no face, how many faces had non-finite values."""
-    if no_face:
+def _summarise(no_face: int, total: int, non_finite: int, closing: str | None = None, to=None) -> None:
+    """The closing lines on standard error: how many images had no face, how many faces had non-finite values;
+    for a person (`closing`, printed on `to`), one line of images, faces, errors, no-face images, paths and rate in
+    place of the no-face line."""
+    if no_face and closing is None:
         print(f"faceptor: {no_face} of {total} image{'s' * (total != 1)} had no face", file=sys.stderr)
     if non_finite:
         faces = "1 face" if non_finite == 1 else f"{non_finite} faces"
         print(f'faceptor: {faces} had NaN or infinite values, written as null (see "non_finite")', file=sys.stderr)
+    if closing is not None:
+        print(closing, file=to or sys.stderr)
 
 
 def command_predict(args: argparse.Namespace) -> int:
@@ -321,8 +337,16 @@ def _predict(
             raise CommandError(str(error)) from None
         if is_main:
             announce_demo_model()
+    # For a person (a terminal, no --quiet): loading and warm-up are steps of their own, so that the bar that
+    # follows times only images and its rate and ETA are the steady state's.
+    steps = is_main and not args.quiet and is_terminal(sys.stderr)
+    started = time.perf_counter()
+    if steps:
+        print("faceptor: loading the model ...", end="", file=sys.stderr, flush=True)
     check_device(args.detector_device)
     face_pipeline = load_pipeline(model, device, args.dtype, args.detector_device)
+    if steps:
+        print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     if args.compile if args.compile is not None else face_pipeline.device.type == "cuda":
         # Batches padded to --batch-size faces: one compiled graph per crop size (with CUDA graphs on CUDA).
         install_fixed_shape_forward(face_pipeline.model, args.batch_size, default_compile_mode(face_pipeline.device),
@@ -337,6 +361,8 @@ def _predict(
         decoder = make_decoder(args.decode, device)
     except ValueError as error:
         raise CommandError(str(error)) from None
+    if steps and images:
+        _warm_up(face_pipeline, args.tasks)
     mine = shard(images, rank, world)
     # Written under a temporary name and renamed when complete: a run that dies leaves any earlier output whole.
     final = (part_path(args.output, rank, world) if world > 1 else args.output) if args.output else None
@@ -347,11 +373,14 @@ def _predict(
         if written
         else sys.stdout
     )
+    human = output is sys.stdout and is_terminal(sys.stdout)  # a person reads the results: a summary, not JSON
     description = "faceptor" if world == 1 else f"faceptor (process 0 of {world})"
+    existing = sum(os.path.exists(path) for _, path in mine)  # a missing input is an error line, not a step
     try:
-        with tqdm(total=len(mine), unit="image", desc=description,
-                  disable=args.quiet or not is_main or not mine) as progress:  # fmt: skip
-            sink = ResultSink(output, progress, pictures, sharded=world > 1, picture_workers=args.workers)
+        # smoothing=0: the rate is the mean since the bar began, not the last gap's (results come in batches).
+        with tqdm(total=existing, unit="image", desc=description, smoothing=0,
+                  disable=args.quiet or not is_main or not existing) as progress:  # fmt: skip
+            sink = ResultSink(output, progress, pictures, sharded=world > 1, picture_workers=args.workers, human=human)
             try:
                 predict_stream(face_pipeline, mine, sink, tasks=args.tasks, detector=None if args.no_detector
                                else "auto", batch_size=args.batch_size, images_in_flight=args.images_in_flight,
@@ -371,7 +400,14 @@ def _predict(
                 pass  # already reported by finish_output, or the run is failing for another reason
             written.discard()  # an interrupted run: its partial output goes, any earlier output stays
     if world == 1:
-        _summarise(sink.no_face, len(images), sink.non_finite + video_non_finite)
+        closing = None
+        if human or (not args.quiet and is_terminal(sys.stderr)):
+            seconds = time.perf_counter() - sink.throughput.start
+            rate = sink.images / seconds if sink.images and seconds > 0 else None
+            errors = sink.errors + video_errors
+            closing = closing_line(len(images), sink.faces, errors, sink.no_face, rate, final, args.visualize)
+        to = sys.stdout if human else sys.stderr
+        _summarise(sink.no_face, len(images), sink.non_finite + video_non_finite, closing, to)
         return 1 if sink.errors or video_errors else 0
     state.wait_for_everyone()
     try:
@@ -387,65 +423,6 @@ def _predict(
         return 1 if statuses[ERROR] or sink.failed_pictures else 0
     finally:
         close_process_group()  # also keeps the others alive until the merge is done
-
-
-def add_predict_command(subparsers) -> argparse.ArgumentParser:
-    """Adds `faceptor predict IMAGE ... [--model DIR]` to the CLI's subcommands; its usage errors are one line."""
-    predict = subparsers.add_parser("predict", help="run every task on images; JSON lines out",
-                                    description="Every task of a Faceptor model on images and videos: JSON lines "
-                                    "out, one per image (or video frame with faces), in input order;\nor a Parquet "
-                                    "file of the same records (--output-format parquet).", epilog=EXIT_CODES,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    predict.add_argument("images", nargs="+", help="image or video files, or folders of them")
-    predict.add_argument("--model", help="Faceptor model folder (default: the bundled demo model)")
-    predict.add_argument("--tasks", nargs="+", help="task names (default: all the model's tasks)")
-    predict.add_argument("--output", help="write the results here instead of standard output (never over an input; "
-                         "one run at a time, through OUTPUT.lock)")  # fmt: skip
-    predict.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl",
-                         help="jsonl: one JSON line per image or video frame with faces (default); parquet: the same "
-                         "records as rows of the --output file, written in row groups as they come (needs "
-                         "pyarrow; for large runs)")  # fmt: skip
-    predict.add_argument("--visualize", metavar="OUT_DIR", help="write a picture of each result here (a video's: "
-                         "NAME/frame_NNNNNN.jpg; or name one video's annotated OUT.mp4), named by the "
-                         "input's path inside what was given (never over an input)")  # fmt: skip
-    predict.add_argument("--no-detector", action="store_true", help="take each image as one face crop")
-    sampling = predict.add_mutually_exclusive_group()
-    sampling.add_argument("--every", type=_positive, metavar="N", help="videos: every N-th frame (default: all)")
-    sampling.add_argument("--fps", type=positive_rate, metavar="F", help="videos: about F frames a second")
-    predict.add_argument("--smooth", action="store_true",
-                         help="videos: One-Euro smoothing of each face track's box and landmarks")  # fmt: skip
-    predict.add_argument("--batch-size", type=_positive, default=8, help="faces per forward pass of the model")
-    predict.add_argument("--images-in-flight", type=_positive, default=16, metavar="N",
-                         help="decoded images held ahead of the model (bounds memory; default 16)")  # fmt: skip
-    predict.add_argument("--workers", type=_positive, default=min(4, os.cpu_count() or 1),
-                         help="threads decoding images (and drawing pictures)")  # fmt: skip
-    predict.add_argument("--decode", choices=["auto", "pil", "device"], default="auto",
-                         help="JPEGs decoded by Pillow, or by nvJPEG on the CUDA --device (auto: on CUDA)")  # fmt: skip
-    predict.add_argument("--device", help="torch device, e.g. cuda:0 (default: CPU)")
-    predict.add_argument(
-        "--detector-device",
-        help="where the face detector runs (default: the --device; on the CPU through onnxruntime on the decoding "
-        "threads, on a GPU batched in torch on the decoded pixels there)",
-    )
-    predict.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                         help="weights and activations; bfloat16 is faster on recent CPUs and GPUs")  # fmt: skip
-    predict.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                         help="torch.compile the model at fixed batch shapes: slow first batch per crop size, then "
-                              "faster (default: on for a CUDA --device)")  # fmt: skip
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
-    predict.set_defaults(handler=command_predict)
-    predict.error = lambda message: predict.exit(2, f"{predict.prog}: error: {message} (see --help)\n")  # one line
-    return predict
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from ..video.perception import perceive_video
 from ..video.reading import VIDEO_SUFFIXES, VideoError, is_video_path, video_info
 from ..video.writing import AnnotatedVideoWriter, annotate_frame, pick_encoder
 from ..visualization.drawing import is_saved_picture, save_picture
+from .arguments import positive_rate
 from .errors import CommandError
 from .output_files import is_special, remove_stale_temporaries, rename_target
 from .parquet_output import write_record
@@ -143,17 +144,6 @@ def _save_frame_picture(frame, result: dict[str, Any], folder: str, report) -> N
         report(f"{result['source']}: frame {frame.index}: {path} is not a faceptor picture; left as it is")
         return
     save_picture(Image.fromarray(annotate_frame(frame.image, result)), path)
-
-
-def positive_rate(text: str) -> float:
-    """argparse type of `--fps`: a positive, finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of frames a second, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 __all__ = ["VIDEO_SUFFIXES", "check_video_outputs", "positive_rate", "predict_videos", "split_videos"]

@@ -23,11 +23,12 @@ from transformers.dynamic_module_utils import custom_object_save
 from ..modeling_faceptor import FaceptorModel
 from ..processing.image_processing_faceptor import FaceptorImageProcessor
 from ..processing.pipeline_faceptor import FacePerceptionPipeline
+from .arguments import DEFAULT_COMMIT_MESSAGE, add_push_command
 from .cards import PAPER_RESULTS, render_model_card
 from .errors import CommandError
 from .hub_client import HUB_NETWORK_ERROR, describe_hub_failure, hub_timeout
 from .model_loading import load_image_processor, load_model_folder, no_progress_bars
-from .space import add_space_option, check_space_name, push_space_of_command
+from .space import check_space_name, push_space_of_command
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ def _remote_code_modules() -> tuple[str, ...]:
 REMOTE_CODE_MODULES = _remote_code_modules()  # module names under `faceptor`, e.g. "processing.decoding"
 # Weight files of an earlier push that a new push replaces (a sharded model becoming unsharded and vice versa).
 STALE_WEIGHT_PATTERNS = ["model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
-DEFAULT_COMMIT_MESSAGE = "Upload Faceptor model"
 
 
 def remote_code_files() -> dict[str, Path]:
@@ -273,34 +273,6 @@ def command_push(args: argparse.Namespace) -> None:
         raise CommandError(f"push to {args.repo_id} failed: {describe_hub_failure(error, timeout)}") from None
     print(f"pushed {args.model_dir} to {args.repo_id}: {info.commit_url}")
     push_space_of_command(args)  # --space USER/NAME: the demo Space of the pushed repo
-
-
-def add_push_command(subparsers) -> argparse.ArgumentParser:
-    """Adds `faceptor push MODEL_DIR REPO` to the CLI's subcommands."""
-    push = subparsers.add_parser(
-        "push", help="upload a model folder to the Hub with its remote code, image processor, pipeline and card"
-    )
-    push.add_argument("model_dir", help="model folder (save_pretrained or `faceptor convert` output)")
-    push.add_argument("repo_id", help="Hub repo, e.g. user/faceptor-base (created if needed)")
-    push.add_argument("--private", action="store_true", help="create the repo private")
-    push.add_argument(
-        "--token", help="Hub token (default: HF_TOKEN or the stored login; prefer those, a flag shows in `ps`)"
-    )
-    push.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="commit message")
-    push.add_argument("--revision", help="branch to push to (default: main)")
-    push.add_argument(
-        "--timeout",
-        type=float,
-        help="seconds to wait for the Hub to connect or answer each request (default: HF_HUB_DOWNLOAD_TIMEOUT, 10)",
-    )
-    push.add_argument(
-        "--paper-results",
-        choices=sorted(PAPER_RESULTS),
-        help="the weights are the authors' checkpoint of this model: put the paper's numbers in the card",
-    )
-    add_space_option(push)
-    push.set_defaults(handler=command_push)
-    return push
 
 
 __all__ = [

@@ -131,13 +131,6 @@ def push_space(space_id: str, model_repo: str, *, token: str | bool | None = Non
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def add_space_option(push_parser: argparse.ArgumentParser) -> None:
-    """Adds `--space USER/NAME` to `faceptor push`."""
-    push_parser.add_argument(
-        "--space", metavar="USER/NAME", help="also push a Gradio Space running the browser demo on the pushed model"
-    )
-
-
 def check_space_name(args: argparse.Namespace) -> None:
     """Refuses, in one line and before anything is pushed, a `--space` that is not a valid USER/NAME repo id (the
     model repo would otherwise be created and committed before the Space's name is refused)."""
@@ -167,11 +160,4 @@ def push_space_of_command(args: argparse.Namespace) -> None:
     print(f"pushed the demo Space {args.space} of {args.repo_id}: {url}")
 
 
-__all__ = [
-    "add_space_option",
-    "check_space_name",
-    "push_space",
-    "push_space_of_command",
-    "space_requirements",
-    "write_space_folder",
-]
+__all__ = ["check_space_name", "push_space", "push_space_of_command", "space_requirements", "write_space_folder"]

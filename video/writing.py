@@ -39,8 +39,9 @@ def pick_encoder(path: str | os.PathLike) -> str:
 
 
 def annotate_frame(image: np.ndarray, result: dict) -> np.ndarray:
-    """An (H, W, 3) uint8 frame and its result -> the (H, W, 3) picture of `draw_result` (its parsing legend, drawn
-    to the right of the frame, is cut off to keep the video's size), with `#track_id` in each box's top-left corner."""
+    """An (H, W, 3) uint8 frame and its result -> the (H, W, 3) picture of `draw_result` (its parsing legend inside
+    the frame; a frame too small for one loses the strip below, to keep the video's size), with `#track_id` in each
+    box's top-left corner."""
     height, width = image.shape[:2]
     picture = draw_result(image, result)
     if picture.size != (width, height):

@@ -1,5 +1,7 @@
 """Pictures of pipeline results: face boxes, landmarks, a coloured parsing overlay with a legend, and the
-age, expression and top attributes written beside each face."""
+age, expression and top attributes written beside each face. Marks are sized by each face, not by the image, so
+that a group photo's small faces stay visible under them; the legend lists the classes present, inside the
+picture."""
 
 from __future__ import annotations
 
@@ -12,7 +14,16 @@ from PIL import Image, ImageDraw, ImageFont
 from ..processing.mask_encoding import decode_label_map
 from ..task_kinds import TASK_KINDS
 
-OVERLAY_OPACITY = 0.45
+# The parsing overlay: a light fill, so the face shows through, and each class's outline at full colour.
+OVERLAY_OPACITY = 0.25
+# Landmarks: white, a colour no parsing class has (class colours are saturated), with a dark rim once big enough.
+LANDMARK_COLOUR, LANDMARK_RIM = (255, 255, 255), (0, 0, 0)
+BOX_COLOUR = (255, 255, 0)
+# Per pixel of a face's longer side: the landmark dot's radius and the box's line width (bounded below).
+RADIUS_PER_FACE, MIN_RADIUS, RIM_FROM_RADIUS = 0.008, 0.8, 2.5
+LINE_PER_FACE = 1 / 120
+# The legend: at most this share of the picture's width (else a strip below it), fonts between these sizes.
+LEGEND_MAX_WIDTH, LEGEND_FONT_SIZES = 0.2, (14, 8)
 GENERIC_CAPTION_VALUES = 3  # named values written of a kind whose entry gives no picture caption
 # Captions: font size per pixel of face height (bounded), padding and gap to the box in pixels, and the search
 # around each face: positions slid along each side and rings further out.
@@ -142,30 +153,98 @@ def caption_layout(result: dict, width: int, height: int) -> list[dict | None]:
     return layout
 
 
-def draw_result(image: np.ndarray, result: dict) -> Image.Image:
-    """An (H, W, 3) uint8 RGB image and its pipeline result -> a PIL picture of the result (wider than the
-    image when a parsing legend is drawn on the right)."""
-    canvas = image.astype(np.float32)
+def face_side(box) -> float:
+    """A face's size for its marks: the longer side of its box, in pixels."""
+    x0, y0, x1, y1 = box
+    return max(float(x1 - x0), float(y1 - y0), 1.0)
+
+
+def landmark_radius(box) -> float:
+    """The radius of a face's landmark dots: a small share of its size, so 68 dots never cover its eyes and lips."""
+    return max(MIN_RADIUS, RADIUS_PER_FACE * face_side(box))
+
+
+def box_line_width(box) -> int:
+    return max(1, round(LINE_PER_FACE * face_side(box)))
+
+
+def _outline(labels: np.ndarray) -> np.ndarray:
+    """Where a painted class meets another class (or the unpainted rest): its one-pixel outline."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    vertical, horizontal = labels[1:] != labels[:-1], labels[:, 1:] != labels[:, :-1]
+    edge[1:] |= vertical
+    edge[:-1] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    return edge & (labels > 0)
+
+
+def _paint_parsing(canvas: np.ndarray, faces: list[dict]) -> dict[str, tuple[int, int, int]]:
+    """Each face's parsing over `canvas` (float, in place): a light fill and a full-colour outline per class; the
+    classes painted, with their colours."""
     legend: dict[str, tuple[int, int, int]] = {}
-    for parsing in (value for face in result.get("faces", []) for value in _values_of_form(face, "label_map")):
+    for parsing in (value for face in faces for value in _values_of_form(face, "label_map")):
         labels = decode_label_map(parsing["mask"])
         colours = class_colours(len(parsing["labels"]))
         painted = labels > 0
         canvas[painted] = (1 - OVERLAY_OPACITY) * canvas[painted] + OVERLAY_OPACITY * colours[labels[painted]]
+        edge = _outline(labels)
+        canvas[edge] = colours[labels[edge]]
         for index in np.unique(labels[painted]):
             legend[parsing["labels"][index]] = tuple(int(c) for c in colours[index])
+    return legend
+
+
+def legend_layout(names: list[str], width: int, height: int, obstacles: np.ndarray) -> dict | None:
+    """Where the legend of `names` goes in a `width` x `height` picture: `{"font", "row", "rectangle"}`, a box in the
+    corner overlapping the least of `obstacles` ((N, 4) face boxes and captions), in the largest font (of
+    `LEGEND_FONT_SIZES`, scaled to the picture) that keeps it within `LEGEND_MAX_WIDTH` of the width; None when even
+    the smallest is too big (the caller puts a strip below)."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    largest, smallest = LEGEND_FONT_SIZES
+    start = int(np.clip(round(11 * max(width, height) / 512), smallest, largest))
+    for size in range(start, smallest - 1, -1):
+        font, row = _font(size), size + 4
+        text_width = max(measure.textbbox((0, 0), name, font=font)[2] for name in names)
+        extent = np.asarray([row + 4 + text_width + 8, row * len(names) + 6], dtype=np.float64)
+        if extent[0] <= LEGEND_MAX_WIDTH * width and extent[1] <= height:
+            break
+    else:
+        return None
+    margin = 2.0
+    right, bottom = width - margin - extent[0], height - margin - extent[1]
+    corners = [(right, margin), (margin, margin), (right, bottom), (margin, bottom)]
+    spots = np.asarray([[x, y, x + extent[0], y + extent[1]] for x, y in corners])
+    overlap_x = np.minimum(spots[:, None, 2], obstacles[None, :, 2]) - np.maximum(spots[:, None, 0], obstacles[:, 0])
+    overlap_y = np.minimum(spots[:, None, 3], obstacles[None, :, 3]) - np.maximum(spots[:, None, 1], obstacles[:, 1])
+    overlap = (np.clip(overlap_x, 0, None) * np.clip(overlap_y, 0, None)).sum(axis=1)
+    best = int(np.argmin(overlap))  # ties: the first, top right as the old strip was
+    return {"font": font, "row": row, "rectangle": tuple(float(value) for value in spots[best])}
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, legend: dict, left: float, top: float, font, row: int) -> None:
+    for index, (name, colour) in enumerate(sorted(legend.items())):
+        y = top + 3 + index * row
+        draw.rectangle([left + 4, y + 1, left + row, y + row - 3], fill=colour, outline=(0, 0, 0))
+        draw.text((left + row + 6, y), name, fill=(0, 0, 0), font=font)
+
+
+def draw_result(image: np.ndarray, result: dict) -> Image.Image:
+    """An (H, W, 3) uint8 RGB image and its pipeline result -> a PIL picture of the result, the image's size (a
+    parsing legend inside it; only on an image too small to hold one, a strip below it)."""
+    faces = result.get("faces", [])
+    canvas = image.astype(np.float32)
+    legend = _paint_parsing(canvas, faces)
     picture = Image.fromarray(canvas.round().astype(np.uint8))
     height, width = image.shape[:2]
-    scale = max(height, width) / 512
-    font = _font(max(11, round(14 * scale)))
     draw = ImageDraw.Draw(picture)
-    line_width = max(1, round(2 * scale))
-    for face in result.get("faces", []):
+    for face in faces:
         x0, y0, x1, y1 = face["box"]
-        draw.rectangle([x0, y0, x1, y1], outline=(255, 255, 0), width=line_width)
-        radius = max(1.5, 2.0 * scale)
+        draw.rectangle([x0, y0, x1, y1], outline=BOX_COLOUR, width=box_line_width(face["box"]))
+        radius = landmark_radius(face["box"])
+        rim = LANDMARK_RIM if radius >= RIM_FROM_RADIUS else None
         for x, y in (point for points in _values_of_form(face, "points") for point in points):
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(0, 255, 0))
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=LANDMARK_COLOUR, outline=rim)
     captions = [
         (face, caption)
         for face, caption in zip(result.get("faces", []), caption_layout(result, width, height), strict=True)
@@ -188,15 +267,19 @@ def draw_result(image: np.ndarray, result: dict) -> Image.Image:
         draw.multiline_text(origin, caption["text"], fill=(255, 255, 255), font=caption["font"])
     if not legend:
         return picture
-    row = font.size + 6 if hasattr(font, "size") else 16
-    legend_width = max(draw.textbbox((0, 0), name, font=font)[2] for name in legend) + row + 16
-    framed = Image.new("RGB", (width + legend_width, max(height, row * len(legend) + 8)), (255, 255, 255))
+    obstacles = [face["box"] for face in faces] + [caption["rectangle"] for _, caption in captions]
+    place = legend_layout(sorted(legend), width, height, np.asarray(obstacles, dtype=np.float64).reshape(-1, 4))
+    if place is not None:
+        left, top, right, bottom = place["rectangle"]
+        draw.rectangle([left, top, right - 1, bottom - 1], fill=(255, 255, 255), outline=(96, 96, 96))
+        _draw_legend(draw, legend, left, top, place["font"], place["row"])
+        return picture
+    # Too small a picture for a legend inside it: a strip below, one class a line, as wide as the picture.
+    font = _font(LEGEND_FONT_SIZES[1])
+    row = LEGEND_FONT_SIZES[1] + 4
+    framed = Image.new("RGB", (width, height + row * len(legend) + 6), (255, 255, 255))
     framed.paste(picture, (0, 0))
-    legend_draw = ImageDraw.Draw(framed)
-    for index, (name, colour) in enumerate(sorted(legend.items())):
-        top = 4 + index * row
-        legend_draw.rectangle([width + 6, top, width + 6 + row - 6, top + row - 6], fill=colour, outline=(0, 0, 0))
-        legend_draw.text((width + row + 6, top), name, fill=(0, 0, 0), font=font)
+    _draw_legend(ImageDraw.Draw(framed), legend, 0, height, font, row)
     return framed
 
 
