@@ -135,7 +135,7 @@ class ResultSink:
         if status != ERROR:
             self.images += 1
             self.faces += len(result.get("faces", ()))
-        if status == ERROR and not os.path.exists(item.path):
+        if status == ERROR and not os.path.exists(item.input):
             return  # the bar counts the inputs that exist: a missing one is only its error line
         self.progress.set_postfix_str(f"{self.throughput.faces_per_second():.2f} faces/s", refresh=False)
         self.progress.update(1)
