@@ -139,11 +139,17 @@ def main() -> None:
         inputs = {size: torch.randn(2, 3, size, size, device=device) for size in (args.image_size, args.face_size)}
         groups = ((args.image_size, DENSE_TASKS), (args.face_size, FACE_TASKS))
         with torch.inference_mode():
-            reference = {task: value for size, tasks in groups for task, value in
-                         model(inputs[size], tasks=tasks).task_outputs.items()}  # fmt: skip
+            reference = {
+                task: value
+                for size, tasks in groups
+                for task, value in model(inputs[size], tasks=tasks).task_outputs.items()
+            }
             low = model.to(dtype)
-            changed = {task: value.float() for size, tasks in groups for task, value in
-                       low(inputs[size].to(dtype), tasks=tasks).task_outputs.items()}  # fmt: skip
+            changed = {
+                task: value.float()
+                for size, tasks in groups
+                for task, value in low(inputs[size].to(dtype), tasks=tasks).task_outputs.items()
+            }
         print(f"{args.dtype} against float32 (raw outputs, batch of 2): largest |difference| / largest |fp32 value|")
         for task, value in reference.items():
             print(f"  {task}: {(changed[task] - value).abs().max().item():.3g} / {value.abs().max().item():.3g}")
@@ -151,8 +157,10 @@ def main() -> None:
     model = model.to(dtype)
 
     flops = encoder_flops(config, args.image_size)
-    pixels = {batch: torch.randn(batch, 3, args.image_size, args.image_size, device=device, dtype=dtype)
-              for batch in args.batches}  # fmt: skip
+    pixels = {
+        batch: torch.randn(batch, 3, args.image_size, args.image_size, device=device, dtype=dtype)
+        for batch in args.batches
+    }
     print(f"| encoder {args.image_size} px, {args.dtype} | batch | ms | TFLOP/s | % of peak | first call s |")
     print("| --- | --- | --- | --- | --- | --- |")
     with torch.inference_mode():
@@ -165,12 +173,17 @@ def main() -> None:
                 warm = first_call(lambda e=encoder, b=batch: e(pixels[b]), device)
                 seconds = timed(lambda e=encoder, b=batch: e(pixels[b]), device, args.repeats)
                 achieved = flops * batch / seconds / 1e12
-                print(f"| {label} | {batch} | {seconds * 1000:.1f} | {achieved:.3g} | {achieved / peak:.0%} | "
-                      f"{warm:.1f} |", flush=True)  # fmt: skip
+                print(
+                    f"| {label} | {batch} | {seconds * 1000:.1f} | {achieved:.3g} | {achieved / peak:.0%} | "
+                    f"{warm:.1f} |",
+                    flush=True,
+                )
 
     one = [torch.randn(1, 3, size, size, device=device, dtype=dtype) for size in (args.image_size, args.face_size)]
-    print(f"\n| all 7 tasks, one face ({args.image_size} + {args.face_size} px), {args.dtype} | ms | faces/s | "
-          "first call s |")  # fmt: skip
+    print(
+        f"\n| all 7 tasks, one face ({args.image_size} + {args.face_size} px), {args.dtype} | ms | faces/s | "
+        "first call s |"
+    )
     print("| --- | --- | --- | --- |")
     with torch.inference_mode():
         ways: dict[str, Callable[[], Callable[[], object]]] = {

@@ -150,8 +150,13 @@ def measure(model_dir: str, device: str, images: list[str], args) -> dict:
             faces[0] += len(item.result.get("faces", ()))
 
         sink = clock.wrap(write, "write")
-        options = dict(detector=detector, batch_size=args.batch_size, images_in_flight=args.images_in_flight,
-                       workers=args.workers, decoder=decoder)  # fmt: skip
+        options = dict(
+            detector=detector,
+            batch_size=args.batch_size,
+            images_in_flight=args.images_in_flight,
+            workers=args.workers,
+            decoder=decoder,
+        )
         predict_stream(face_pipeline, list(enumerate(images[:2])), sink, **options)  # warm-up
         clock.totals.clear()
         faces[0] = 0
@@ -225,11 +230,17 @@ def main() -> None:
             row = measure(model_dir, device, images, args)
             shares = " | ".join(f"{row['shares'][stage]:.0%}" for stage in STAGES)
             ratio = row["faces/s"] / row["model-only faces/s"]
-            print(f"| {name} | {device} | {count} | {row['faces']} | {row['images/s']:.2f} | {row['faces/s']:.2f} | "
-                  f"{shares} | {row['model-only faces/s']:.2f} | {ratio:.0%} |", flush=True)  # fmt: skip
+            print(
+                f"| {name} | {device} | {count} | {row['faces']} | {row['images/s']:.2f} | {row['faces/s']:.2f} | "
+                f"{shares} | {row['model-only faces/s']:.2f} | {ratio:.0%} |",
+                flush=True,
+            )
             outside = row["outside forward"]
-            print(f"  pipeline(paths): {row['pipeline images/s']:.2f} images/s; time outside model.forward: "
-                  f"predict stream {outside[0]:.0%}, pipeline(paths) {outside[1]:.0%}", flush=True)
+            print(
+                f"  pipeline(paths): {row['pipeline images/s']:.2f} images/s; time outside model.forward: "
+                f"predict stream {outside[0]:.0%}, pipeline(paths) {outside[1]:.0%}",
+                flush=True,
+            )
             if row["sequential images/s"] is not None:
                 print(f"  (before streaming: {row['sequential images/s']:.2f} images/s)", flush=True)
 

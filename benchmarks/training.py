@@ -32,8 +32,16 @@ def vit_b_config(samples_per_task: int) -> dict:
 
 
 def run(config: dict, steps: int, processes: int, folder: Path) -> float:
-    config = {**config, "training": {**config["training"], "max_steps": steps, "logging_steps": 1,
-                                     "save_steps": 10**6, "warmup_steps": 0}}  # fmt: skip
+    config = {
+        **config,
+        "training": {
+            **config["training"],
+            "max_steps": steps,
+            "logging_steps": 1,
+            "save_steps": 10**6,
+            "warmup_steps": 0,
+        },
+    }
     path = folder / f"config_{processes}.yaml"
     path.write_text(yaml.safe_dump(config))
     output = folder / f"run_{processes}"
@@ -41,9 +49,21 @@ def run(config: dict, steps: int, processes: int, folder: Path) -> float:
     if processes == 1:
         command = [sys.executable, *arguments]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   *arguments]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *arguments,
+        ]
     threads = max(1, (os.cpu_count() or 1) // processes)
     result = subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}

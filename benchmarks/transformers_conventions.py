@@ -136,10 +136,21 @@ def transformers_tests(version: str) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root) as download:
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", f"transformers=={version}", "--no-deps",
-                 "--no-binary", ":all:", "-d", download, "-q"],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    f"transformers=={version}",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "-d",
+                    download,
+                    "-q",
+                ],
                 check=False,
-            )  # fmt: skip
+            )
             archives = list(Path(download).glob("transformers-*.tar.gz"))
             if not archives:
                 sys.exit(f"could not download the transformers {version} sdist")
@@ -170,8 +181,20 @@ def main(argv: list[str]) -> int:
     module.write_text(TEST_MODULE)
     path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    command = [sys.executable, "-m", "pytest", str(module), "-q", "-rs", "-p", "no:cacheprovider",
-               f"--rootdir={root}", "-o", "addopts=", *argv]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(module),
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        f"--rootdir={root}",
+        "-o",
+        "addopts=",
+        *argv,
+    ]
     print(f"transformers {transformers.__version__}: {' '.join(command)}", flush=True)
     return subprocess.run(command, cwd=root, env=env).returncode
 

@@ -82,8 +82,13 @@ def measure(model_dir: str, device: str, dtype: str, clip: Path, frames: int, ba
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"frames": counted, "faces": faces, "tracks": len(tracks), "frames/s": counted / seconds,
-            "faces/s": faces / seconds}  # fmt: skip
+    return {
+        "frames": counted,
+        "faces": faces,
+        "tracks": len(tracks),
+        "frames/s": counted / seconds,
+        "faces/s": faces / seconds,
+    }
 
 
 def main() -> None:
@@ -100,14 +105,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__} threads "
-          f"{torch.get_num_threads()}, PyAV {av.__version__}, dtype {args.dtype}")  # fmt: skip
+    print(
+        f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__} threads "
+        f"{torch.get_num_threads()}, PyAV {av.__version__}, dtype {args.dtype}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         clip = Path(folder) / "clip.mp4"
         longest = max(args.frames, args.base_frames) + args.batch_size
         write_clip(clip, longest, args.width, args.height)
-        print(f"clip: {longest} frames, {args.width}x{args.height}, {CLIP_FPS} fps; decoding alone "
-              f"{decode_frames_per_second(clip):.1f} frames/s")  # fmt: skip
+        print(
+            f"clip: {longest} frames, {args.width}x{args.height}, {CLIP_FPS} fps; decoding alone "
+            f"{decode_frames_per_second(clip):.1f} frames/s"
+        )
         models = {}
         if "demo" in args.models:
             models["demo model"] = str(DEMO_MODEL_DIR)
@@ -123,8 +132,11 @@ def main() -> None:
                 on_cpu = device == "cpu"
                 frames = args.base_frames if name == "Faceptor-Base" and on_cpu else args.frames
                 row = measure(model_dir, device, args.dtype, clip, frames, args.batch_size)
-                print(f"| {name} | {device} | {args.dtype} | {row['frames']} | {row['faces']} | {row['tracks']} | "
-                      f"{row['frames/s']:.2f} | {row['faces/s']:.2f} |", flush=True)  # fmt: skip
+                print(
+                    f"| {name} | {device} | {args.dtype} | {row['frames']} | {row['faces']} | {row['tracks']} | "
+                    f"{row['frames/s']:.2f} | {row['faces/s']:.2f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -406,8 +406,9 @@ class FaceDemo:
             with gr.Tab("Photo"):
                 with gr.Row():
                     with gr.Column():
-                        photo = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Photo",
-                                         elem_id="photo")  # fmt: skip
+                        photo = gr.Image(
+                            type="filepath", sources=["upload", "clipboard"], label="Photo", elem_id="photo"
+                        )
                         tasks = gr.CheckboxGroup(
                             choices=[(f"{spec.name} ({spec.kind})", spec.name) for spec in self.specs],
                             value=self.task_names,
@@ -425,8 +426,9 @@ class FaceDemo:
                 for event, api_name in ((photo.change, False), (run.click, "analyse")):
                     # Unprocessed: the page's own loader gives a clear message where Gradio's would fail (and
                     # `uploaded_only` does the upload check that Gradio's preprocessing would have done).
-                    event(self._page_analyse, inputs=[photo, tasks], outputs=outputs, preprocess=False,
-                          api_name=api_name)  # fmt: skip
+                    event(
+                        self._page_analyse, inputs=[photo, tasks], outputs=outputs, preprocess=False, api_name=api_name
+                    )
             with gr.Tab("Compare two photos"):
                 if self.identity_task is None:
                     gr.Markdown("This model has no identity-embedding task, so it cannot compare faces.")
@@ -444,9 +446,13 @@ class FaceDemo:
                     with gr.Row():
                         first_faces = gr.Image(label="First photo's faces", type="pil", interactive=False)
                         second_faces = gr.Image(label="Second photo's faces", type="pil", interactive=False)
-                    compare.click(self._page_compare, inputs=[first, second],
-                                  outputs=[verdict, first_faces, second_faces], preprocess=False,
-                                  api_name="compare")  # fmt: skip
+                    compare.click(
+                        self._page_compare,
+                        inputs=[first, second],
+                        outputs=[verdict, first_faces, second_faces],
+                        preprocess=False,
+                        api_name="compare",
+                    )
             if video_supported():
                 with gr.Tab("Video"):
                     gr.Markdown(
@@ -459,8 +465,13 @@ class FaceDemo:
                         annotated = gr.Video(label="Annotated", interactive=False, elem_id="annotated")
                     run_video = gr.Button("Analyse the video", variant="primary", elem_id="analyse-video")
                     video_message = gr.Markdown(elem_id="video-message")
-                    run_video.click(self._page_video, inputs=clip, outputs=[video_message, annotated],
-                                    preprocess=False, api_name="analyse_video")  # fmt: skip
+                    run_video.click(
+                        self._page_video,
+                        inputs=clip,
+                        outputs=[video_message, annotated],
+                        preprocess=False,
+                        api_name="analyse_video",
+                    )
         return app
 
     def _page_analyse(self, photo: Any, tasks: list[str] | None):
@@ -523,8 +534,14 @@ def command_demo(args: argparse.Namespace) -> None:
     app = load_demo(args.model, args.device, args.identity_threshold).build_app()
     app.queue()
     try:
-        app.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_SIZE,
-                   prevent_thread_lock=True, quiet=True)  # fmt: skip
+        app.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            max_file_size=MAX_UPLOAD_SIZE,
+            prevent_thread_lock=True,
+            quiet=True,
+        )
     except OSError as error:  # the port is taken, or the address is not this machine's
         raise CommandError(f"cannot serve on {args.host}:{args.port} ({str(error).splitlines()[0]})") from None
     seconds = time.perf_counter() - start

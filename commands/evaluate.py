@@ -44,9 +44,17 @@ def command_evaluate(args: argparse.Namespace) -> None:
             )
             if args.visualize:
                 dense = spec.category == "dense"
-                save_worst_cases(spec.kind, dataset, predictions, references, errors, args.visualize,
-                                 mean=CLIP_MEAN if dense else HALF, std=CLIP_STD if dense else HALF,
-                                 labels=spec.labels)  # fmt: skip
+                save_worst_cases(
+                    spec.kind,
+                    dataset,
+                    predictions,
+                    references,
+                    errors,
+                    args.visualize,
+                    mean=CLIP_MEAN if dense else HALF,
+                    std=CLIP_STD if dense else HALF,
+                    labels=spec.labels,
+                )
     except (DatasetFormatError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     scalars = {name: float(value) for name, value in scores.items() if np.isscalar(value)}

@@ -100,8 +100,16 @@ class ResultSink:
     per unusable input, a picture on request (`pictures`: its path per input index), the progress bar (counting
     inputs that exist); it counts what the closing summary reports."""
 
-    def __init__(self, output: IO[str], progress, pictures: Sequence[str] | None = None, sharded: bool = False,
-                 picture_workers: int = 2, pictures_pending: int = 8, human: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        output: IO[str],
+        progress,
+        pictures: Sequence[str] | None = None,
+        sharded: bool = False,
+        picture_workers: int = 2,
+        pictures_pending: int = 8,
+        human: bool = False,
+    ):
         self.output, self.progress, self.pictures, self.sharded = output, progress, pictures, sharded
         self.human = human and not sharded
         self.saver = None
@@ -349,9 +357,12 @@ def _predict(
         print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     if args.compile if args.compile is not None else face_pipeline.device.type == "cuda":
         # Batches padded to --batch-size faces: one compiled graph per crop size (with CUDA graphs on CUDA).
-        install_fixed_shape_forward(face_pipeline.model, args.batch_size, default_compile_mode(face_pipeline.device),
-                                    announce=None if args.quiet else lambda line: print(f"faceptor: {line}",
-                                                                                        file=sys.stderr))  # fmt: skip
+        install_fixed_shape_forward(
+            face_pipeline.model,
+            args.batch_size,
+            default_compile_mode(face_pipeline.device),
+            announce=None if args.quiet else lambda line: print(f"faceptor: {line}", file=sys.stderr),
+        )
     if args.tasks:
         try:
             face_pipeline([], tasks=args.tasks)  # an unknown task name fails here, before any image is read
@@ -378,18 +389,38 @@ def _predict(
     existing = sum(os.path.exists(path) for _, path in mine)  # a missing input is an error line, not a step
     try:
         # smoothing=0: the rate is the mean since the bar began, not the last gap's (results come in batches).
-        with tqdm(total=existing, unit="image", desc=description, smoothing=0,
-                  disable=args.quiet or not is_main or not existing) as progress:  # fmt: skip
+        with tqdm(
+            total=existing,
+            unit="image",
+            desc=description,
+            smoothing=0,
+            disable=args.quiet or not is_main or not existing,
+        ) as progress:
             sink = ResultSink(output, progress, pictures, sharded=world > 1, picture_workers=args.workers, human=human)
             try:
-                predict_stream(face_pipeline, mine, sink, tasks=args.tasks, detector=None if args.no_detector
-                               else "auto", batch_size=args.batch_size, images_in_flight=args.images_in_flight,
-                               workers=args.workers, decoder=decoder, keep_images=pictures is not None)  # fmt: skip
+                predict_stream(
+                    face_pipeline,
+                    mine,
+                    sink,
+                    tasks=args.tasks,
+                    detector=None if args.no_detector else "auto",
+                    batch_size=args.batch_size,
+                    images_in_flight=args.images_in_flight,
+                    workers=args.workers,
+                    decoder=decoder,
+                    keep_images=pictures is not None,
+                )
             finally:
                 sink.close()
-        video_errors, video_non_finite = predict_videos(face_pipeline, videos, output, args, report=_report_error,
-                                                        detector=None if args.no_detector else "auto",
-                                                        folders=folders)  # fmt: skip
+        video_errors, video_non_finite = predict_videos(
+            face_pipeline,
+            videos,
+            output,
+            args,
+            report=_report_error,
+            detector=None if args.no_detector else "auto",
+            folders=folders,
+        )
         if output is not sys.stdout:
             finish_output(output, written)
     finally:
@@ -415,8 +446,12 @@ def _predict(
             _summarise(0, 0, sink.non_finite)
             return 1 if sink.failed_pictures else 0  # the main process reports the status of all inputs
         try:
-            statuses = merge_parts(args.output, world, temporary_path(args.output),
-                                   open_merged=lambda path: open_records_output(path, args.output_format))  # fmt: skip
+            statuses = merge_parts(
+                args.output,
+                world,
+                temporary_path(args.output),
+                open_merged=lambda path: open_records_output(path, args.output_format),
+            )
         except FileNotFoundError as error:
             raise CommandError(str(error)) from None
         _summarise(statuses[NO_FACE], len(images), sink.non_finite)

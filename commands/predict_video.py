@@ -41,8 +41,10 @@ def check_video_outputs(visualize: str | None, photos: Sequence[str], videos: Se
     if not wants_annotated_video(visualize):
         return
     if len(videos) != 1 or photos:
-        raise CommandError(f"--visualize {visualize}: an annotated video takes exactly one video input (given "
-                           f"{len(videos)} videos and {len(photos)} photos); give a folder for pictures")  # fmt: skip
+        raise CommandError(
+            f"--visualize {visualize}: an annotated video takes exactly one video input (given "
+            f"{len(videos)} videos and {len(photos)} photos); give a folder for pictures"
+        )
     if (same := InputFiles(videos).find(visualize)) is not None:
         raise CommandError(f"--visualize {visualize}: is the input {same}; refusing to overwrite an input")
     if is_special(visualize) or os.path.isdir(visualize):
@@ -79,11 +81,21 @@ def predict_videos(
         try:
             info = video_info(path)
             expected = _expected_frames(info, args.every, args.fps)
-            with tqdm(total=expected or None, unit="frame", desc=os.path.basename(path), disable=args.quiet,
-                      file=sys.stderr) as progress:  # fmt: skip
-                results = perceive_video(face_pipeline, path, every=args.every, fps=args.fps, tasks=args.tasks,
-                                         detector=detector, batch_size=args.batch_size, workers=args.workers,
-                                         frames_in_flight=args.images_in_flight, smooth=args.smooth)  # fmt: skip
+            with tqdm(
+                total=expected or None, unit="frame", desc=os.path.basename(path), disable=args.quiet, file=sys.stderr
+            ) as progress:
+                results = perceive_video(
+                    face_pipeline,
+                    path,
+                    every=args.every,
+                    fps=args.fps,
+                    tasks=args.tasks,
+                    detector=detector,
+                    batch_size=args.batch_size,
+                    workers=args.workers,
+                    frames_in_flight=args.images_in_flight,
+                    smooth=args.smooth,
+                )
                 try:
                     for frame, result in results:
                         if result["faces"]:

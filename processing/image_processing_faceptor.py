@@ -70,8 +70,9 @@ GROUP_KEYS = tuple(
 NORMALIZATION_KEYS = ("dense_mean", "dense_std", "face_mean", "face_std")
 # What a call accepts besides the group settings; the other common kwargs (resize, rescale, pad...) have no
 # meaning for face crops and are refused rather than silently ignored.
-CALL_KEYS = frozenset({*GROUP_KEYS, "size", "image_mean", "image_std", "do_convert_rgb", "input_data_format",
-                       "data_format"})  # fmt: skip
+CALL_KEYS = frozenset(
+    {*GROUP_KEYS, "size", "image_mean", "image_std", "do_convert_rgb", "input_data_format", "data_format"}
+)
 
 
 def _square_side(size: Any) -> int:

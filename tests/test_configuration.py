@@ -8,9 +8,14 @@ def test_base_preset_has_the_official_seven_query_sets():
     config = FaceptorConfig.from_preset("faceptor-base")
     specs = config.task_specs
     assert list(specs) == [
-        "recog_ms1mv3", "age_morph2", "biattr_celeba", "affect_affectnet", "affect_rafdb",
-        "parsing_celebam", "align_300w",
-    ]  # fmt: skip
+        "recog_ms1mv3",
+        "age_morph2",
+        "biattr_celeba",
+        "affect_affectnet",
+        "affect_rafdb",
+        "parsing_celebam",
+        "align_300w",
+    ]
     assert [spec.num_queries for spec in specs.values()] == [0, 101, 40, 7, 7, 19, 68]
     assert specs["biattr_celeba"].labels == list(CELEBA_ATTRIBUTES) and len(CELEBA_ATTRIBUTES) == 40
     assert specs["affect_rafdb"].labels == list(EXPRESSIONS) and len(EXPRESSIONS) == 7
@@ -23,8 +28,14 @@ def test_base_preset_has_the_official_seven_query_sets():
 def test_full_preset_has_all_thirteen_datasets():
     specs = FaceptorConfig.from_preset("faceptor-full").task_specs
     assert len(specs) == 13
-    added = {"age_utkface": 101, "affect_ferplus": 7, "parsing_lapa": 11, "align_cofw": 29, "align_wflw": 98,
-             "align_aflw": 19}  # fmt: skip
+    added = {
+        "age_utkface": 101,
+        "affect_ferplus": 7,
+        "parsing_lapa": 11,
+        "align_cofw": 29,
+        "align_wflw": 98,
+        "align_aflw": 19,
+    }
     assert {name: specs[name].num_queries for name in added} == added
 
 

@@ -139,9 +139,20 @@ def test_key_mapping_round_trip_on_random_shapes(seed, stage_two, tmp_path):
     assert "losses_module.losses.recog_ms1mv3.classifier" in report.dropped
     converted = FaceptorModel.from_pretrained(tmp_path / "out")
     inferred = converted.config.to_dict()
-    for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "position_grid_size", "projection_dim",
-                 "decoder_hidden_size", "decoder_layers", "decoder_ffn_dim", "decoder_feature_layers",
-                 "dense_mlp_layers", "identity_embedding_size", "tasks"):  # fmt: skip
+    for name in (
+        "hidden_size",
+        "num_hidden_layers",
+        "intermediate_size",
+        "position_grid_size",
+        "projection_dim",
+        "decoder_hidden_size",
+        "decoder_layers",
+        "decoder_ffn_dim",
+        "decoder_feature_layers",
+        "dense_mlp_layers",
+        "identity_embedding_size",
+        "tasks",
+    ):
         assert inferred[name] == config.to_dict()[name], name
     converted_state = converted.state_dict()
     assert converted_state.keys() == original.state_dict().keys()
@@ -200,8 +211,11 @@ def farl_layout_state_dict(model: FaceptorModel, grid: int) -> dict[str, torch.T
     visual = _pack_attention({mapper.to_source(key): value for key, value in encoder.items()})
     visual["visual.proj"] = visual["visual.proj"].t().contiguous()
     visual["visual.positional_embedding"] = resize_position_embedding(visual["visual.positional_embedding"], grid)
-    text = {"token_embedding.weight": torch.randn(5, 8), "logit_scale": torch.tensor(4.6),
-            "transformer.resblocks.0.attn.in_proj_weight": torch.randn(24, 8)}  # fmt: skip
+    text = {
+        "token_embedding.weight": torch.randn(5, 8),
+        "logit_scale": torch.tensor(4.6),
+        "transformer.resblocks.0.attn.in_proj_weight": torch.randn(24, 8),
+    }
     return {**visual, **text}
 
 
@@ -227,12 +241,24 @@ def test_farl_checkpoint_becomes_the_encoder(tmp_path):
 
 def test_farl_in_transformers_clip_layout_matches_clip_vision_outputs(tmp_path):
     clip_config = CLIPConfig(
-        text_config={"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "vocab_size": 50},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2,
-                       "image_size": 64, "patch_size": 16, "hidden_act": "quick_gelu"},
+        text_config={
+            "hidden_size": 8,
+            "intermediate_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 50,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 2,
+            "image_size": 64,
+            "patch_size": 16,
+            "hidden_act": "quick_gelu",
+        },
         projection_dim=8,
-    )  # fmt: skip
+    )
     clip = CLIPModel(clip_config).eval()
     clip.save_pretrained(tmp_path / "clip")
     convert_farl(tmp_path / "clip", tmp_path / "out", num_attention_heads=2, position_grid_size=4)

@@ -50,9 +50,20 @@ def fails(match, name, root, split, **options):
 
 def test_registry_names_and_errors(tmp_path):
     official = {
-        "align_300w", "align_wflw", "align_cofw", "align_aflw", "parsing_celebam", "parsing_lapa", "age_morph2",
-        "age_utkface", "affect_affectnet", "affect_rafdb", "affect_ferplus", "biattr_celeba", "recog_ms1mv3",
-    }  # fmt: skip
+        "align_300w",
+        "align_wflw",
+        "align_cofw",
+        "align_aflw",
+        "parsing_celebam",
+        "parsing_lapa",
+        "age_morph2",
+        "age_utkface",
+        "affect_affectnet",
+        "affect_rafdb",
+        "affect_ferplus",
+        "biattr_celeba",
+        "recog_ms1mv3",
+    }
     assert set(READERS) == official | {"verification"} and set(SPLITS) == set(READERS)
     error = fails("unknown dataset 'nope'", "nope", tmp_path, "train")
     assert "align_300w" in str(error) and isinstance(error, ValueError)
@@ -78,9 +89,15 @@ def official_box(points):
 
 def test_300w(tmp_path):
     folders = {
-        "afw": ".jpg", "helen/trainset": ".jpg", "lfpw/trainset": ".png", "helen/testset": ".jpg",
-        "lfpw/testset": ".png", "ibug": ".jpg", "300W/01_Indoor": ".png", "300W/02_Outdoor": ".png",
-    }  # fmt: skip
+        "afw": ".jpg",
+        "helen/trainset": ".jpg",
+        "lfpw/trainset": ".png",
+        "helen/testset": ".jpg",
+        "lfpw/testset": ".png",
+        "ibug": ".jpg",
+        "300W/01_Indoor": ".png",
+        "300W/02_Outdoor": ".png",
+    }
     truth = {}
     for index, (folder, suffix) in enumerate(folders.items()):
         points = np.round(RNG.uniform(10, 90, size=(68, 2)), 6).astype(np.float32)

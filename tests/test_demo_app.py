@@ -138,8 +138,15 @@ def test_demo_command_reports_a_taken_port_in_one_line(model_dir, capsys):
 
 def test_space_folder(tmp_path):
     files = write_space_folder(tmp_path, "tester/tiny-faceptor")
-    assert {"app.py", "requirements.txt", "README.md", "faceptor/__init__.py", "faceptor/commands/demo.py",
-            "faceptor/visualization/drawing.py", "faceptor/assets/astronaut.jpg"} <= set(files)  # fmt: skip
+    assert {
+        "app.py",
+        "requirements.txt",
+        "README.md",
+        "faceptor/__init__.py",
+        "faceptor/commands/demo.py",
+        "faceptor/visualization/drawing.py",
+        "faceptor/assets/astronaut.jpg",
+    } <= set(files)
     assert not [name for name in files if name.endswith(".safetensors") or "/train/" in name or "__pycache__" in name]
     metadata = metadata_load(tmp_path / "README.md")
     assert metadata["sdk"] == "gradio" and metadata["app_file"] == "app.py"
@@ -274,9 +281,13 @@ def _upload(base_url: str, path: str) -> str:
     boundary = uuid.uuid4().hex
     with open(path, "rb") as file:
         body = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{os.path.basename(path)}"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode() + file.read() + f"\r\n--{boundary}--\r\n".encode()
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{os.path.basename(path)}"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + file.read()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
     request = urllib.request.Request(
         f"{base_url}gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )

@@ -59,9 +59,22 @@ def test_cli_evaluate_on_a_dataset_layout(model_dir, tmp_path, capsys):
     for index, age in enumerate([23, 35, 51, 67, 40]):
         pixels = (np.random.default_rng(index).random((40, 40, 3)) * 255).astype("uint8")
         Image.fromarray(pixels).save(tmp_path / "utk" / "data" / f"{age}_0_0_2017010{index}.jpg.chip.jpg")
-    arguments = ["evaluate", "--model", str(model_dir), "--task", "age_utkface", "--data", str(tmp_path / "utk"),
-                 "--split", "all", "--quiet", "--output", str(tmp_path / "scores.json"),
-                 "--visualize", str(tmp_path / "worst")]  # fmt: skip
+    arguments = [
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--task",
+        "age_utkface",
+        "--data",
+        str(tmp_path / "utk"),
+        "--split",
+        "all",
+        "--quiet",
+        "--output",
+        str(tmp_path / "scores.json"),
+        "--visualize",
+        str(tmp_path / "worst"),
+    ]
     status, out, err = run_cli(arguments, capsys)
     assert status == 0, err
     scores = json.loads((tmp_path / "scores.json").read_text())["scores"]
@@ -83,8 +96,20 @@ def test_cli_evaluate_verification(model_dir, tmp_path, capsys):
     (tmp_path / "bins").mkdir()
     with open(tmp_path / "bins" / "lfw.bin", "wb") as handle:
         pickle.dump((images, [True, False] * 10), handle, protocol=4)
-    arguments = ["evaluate", "--model", str(model_dir), "--task", "recog_ms1mv3", "--data", str(tmp_path / "bins"),
-                 "--split", "lfw", "--quiet", "--output", str(tmp_path / "lfw.json")]  # fmt: skip
+    arguments = [
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--task",
+        "recog_ms1mv3",
+        "--data",
+        str(tmp_path / "bins"),
+        "--split",
+        "lfw",
+        "--quiet",
+        "--output",
+        str(tmp_path / "lfw.json"),
+    ]
     status, _, err = run_cli(arguments, capsys)
     assert status == 0, err
     scores = json.loads((tmp_path / "lfw.json").read_text())["scores"]

@@ -31,8 +31,16 @@ def test_tasks_of_different_crop_sizes_are_refused(tmp_path):
 
 def test_cli_export(tmp_path, capsys):
     FaceptorModel(tiny_config()).save_pretrained(tmp_path / "model")
-    arguments = ["export", "onnx", str(tmp_path / "model"), str(tmp_path / "age.onnx"), "--tasks", "age_morph2",
-                 "--size", "32"]  # fmt: skip
+    arguments = [
+        "export",
+        "onnx",
+        str(tmp_path / "model"),
+        str(tmp_path / "age.onnx"),
+        "--tasks",
+        "age_morph2",
+        "--size",
+        "32",
+    ]
     status, out, err = run_cli(arguments, capsys)
     assert status == 0, err
     assert "age_morph2: largest difference to PyTorch" in out and (tmp_path / "age.onnx").exists()

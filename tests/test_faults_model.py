@@ -164,17 +164,27 @@ def push_results(workspace, tmp_path_factory) -> dict:
     process whose Hub endpoint is set before huggingface_hub is imported."""
     server = silent_server()
     silent = f"http://127.0.0.1:{server.getsockname()[1]}"
-    cases = [["closed port", f"http://127.0.0.1:{closed_port()}", []],
-             ["never answers", silent, ["--timeout", str(PUSH_TIMEOUT_S)]]]  # fmt: skip
+    cases = [
+        ["closed port", f"http://127.0.0.1:{closed_port()}", []],
+        ["never answers", silent, ["--timeout", str(PUSH_TIMEOUT_S)]],
+    ]
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_ENDPOINT=cases[0][1], HF_TOKEN="hf_localTestToken", HF_HUB_DISABLE_XET="1",
-               HF_HOME=str(tmp_path_factory.mktemp("hf_home")), NO_PROXY="127.0.0.1,localhost")  # fmt: skip
+    env.update(
+        HF_ENDPOINT=cases[0][1],
+        HF_TOKEN="hf_localTestToken",
+        HF_HUB_DISABLE_XET="1",
+        HF_HOME=str(tmp_path_factory.mktemp("hf_home")),
+        NO_PROXY="127.0.0.1,localhost",
+    )
     before = tree_digest(workspace)
     try:
         process = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(PUSH_CLIENT), json.dumps(cases), str(workspace / "good")],
-            env=env, capture_output=True, text=True, timeout=240,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
     finally:
         server.close()
     lines = [line for line in process.stdout.splitlines() if line.startswith("PUSH-RESULTS ")]
@@ -206,8 +216,18 @@ def export(model: str, *extra: str) -> Callable[[Path], list[str]]:
 
 
 def evaluate(model: str) -> Callable[[Path], list[str]]:
-    return lambda w: ["evaluate", "--model", str(w / model), "--task", "age_morph2", "--data", str(w / "data"),
-                      "--output", str(w / "earlier.jsonl"), "--quiet"]  # fmt: skip
+    return lambda w: [
+        "evaluate",
+        "--model",
+        str(w / model),
+        "--task",
+        "age_morph2",
+        "--data",
+        str(w / "data"),
+        "--output",
+        str(w / "earlier.jsonl"),
+        "--quiet",
+    ]
 
 
 def convert(checkpoint: str, output: str, *extra: str) -> Callable[[Path], list[str]]:
@@ -372,8 +392,9 @@ def test_convert_overwrite_replaces_the_folder_whole(workspace, tmp_path, capsys
     output = tmp_path / "model"
     output.mkdir()
     (output / "stale.txt").write_text("from an earlier conversion\n")
-    status, out, err = run_cli(["convert", "official", str(OFFICIAL), str(output), *FIXTURE_HEADS, "--overwrite"],
-                               capsys)  # fmt: skip
+    status, out, err = run_cli(
+        ["convert", "official", str(OFFICIAL), str(output), *FIXTURE_HEADS, "--overwrite"], capsys
+    )
     assert status == 0, err
     assert not (output / "stale.txt").exists() and (output / "model.safetensors").is_file()
     assert [path.name for path in tmp_path.iterdir()] == ["model"]  # no staging or replaced folder left

@@ -832,8 +832,9 @@ def test_the_second_of_two_runs_on_one_output_refuses(model_dir, tmp_path, monke
 
     common = ["--output", str(output), "--model", str(model_dir), "--no-detector", "--quiet", *TASKS]
     first_status = []
-    first = threading.Thread(target=lambda: first_status.append(cli.main(["predict", str(tmp_path / "photos"),
-                                                                          *common])))  # fmt: skip
+    first = threading.Thread(
+        target=lambda: first_status.append(cli.main(["predict", str(tmp_path / "photos"), *common]))
+    )
     first.start()
     try:
         assert first_loading.wait(timeout=60)
@@ -862,8 +863,9 @@ def test_an_interrupted_run_leaves_the_earlier_output_and_no_lock(model_dir, tmp
 
     capsys.readouterr()
     folders = ["--output", str(tmp_path / "earlier.jsonl"), "--visualize", str(tmp_path / "pics")]
-    status = cli.main(["predict", str(tmp_path / "photos"), *folders, "--model", str(model_dir), "--no-detector",
-                       "--quiet", *TASKS])  # fmt: skip
+    status = cli.main(
+        ["predict", str(tmp_path / "photos"), *folders, "--model", str(model_dir), "--no-detector", "--quiet", *TASKS]
+    )
     err = capsys.readouterr().err
     assert status == 130 and err == "faceptor: interrupted (Ctrl-C); finished outputs kept, partial ones removed\n"
     after = tree_digest(tmp_path)
@@ -880,24 +882,46 @@ def test_help_documents_the_exit_codes(capsys):
 
 
 def test_picture_names_are_unique_by_relative_path():
-    inputs = [("a/face.jpg", "face.jpg"), ("a/face.png", "face.png"), ("a/sub/face.jpg", "sub/face.jpg"),
-              ("b/face.jpg", "face.jpg"), ("c/Photo.JPG", "Photo.JPG"), ("d/photo.jpg", "photo.jpg"),
-              ("e/solo.png", "solo.png")]  # fmt: skip
+    inputs = [
+        ("a/face.jpg", "face.jpg"),
+        ("a/face.png", "face.png"),
+        ("a/sub/face.jpg", "sub/face.jpg"),
+        ("b/face.jpg", "face.jpg"),
+        ("c/Photo.JPG", "Photo.JPG"),
+        ("d/photo.jpg", "photo.jpg"),
+        ("e/solo.png", "solo.png"),
+    ]
     names = [os.path.relpath(path, "out") for path in picture_paths(inputs, "out")]
-    assert names == ["face.jpg.jpg", "face.png.jpg", "sub/face.jpg", "face.jpg-2.jpg", "Photo.JPG.jpg",
-                     "photo.jpg-2.jpg", "solo.jpg"]  # fmt: skip
+    assert names == [
+        "face.jpg.jpg",
+        "face.png.jpg",
+        "sub/face.jpg",
+        "face.jpg-2.jpg",
+        "Photo.JPG.jpg",
+        "photo.jpg-2.jpg",
+        "solo.jpg",
+    ]
     assert len({name.lower() for name in names}) == len(names)  # distinct on a case-insensitive disk too
 
 
 def test_json_lines_never_hold_nan():
-    result = {"source": "x.jpg", "image_size": [4, 4], "faces": [
-        {"box": [0.0, 0.0, 4.0, 4.0], "age": 31.5, "landmarks": [[1.0, 2.0]]},
-        {"box": [0.0, 0.0, 2.0, 2.0], "age": float("nan"), "landmarks": [[1.0, float("-inf")]], "embedding": [0.5]},
-    ]}  # fmt: skip
+    result = {
+        "source": "x.jpg",
+        "image_size": [4, 4],
+        "faces": [
+            {"box": [0.0, 0.0, 4.0, 4.0], "age": 31.5, "landmarks": [[1.0, 2.0]]},
+            {"box": [0.0, 0.0, 2.0, 2.0], "age": float("nan"), "landmarks": [[1.0, float("-inf")]], "embedding": [0.5]},
+        ],
+    }
     line, flagged = json_line(result)
     decoded = json.loads(line, parse_constant=lambda token: pytest.fail(f"{token} in the JSON line"))
     assert flagged == 1 and line.endswith("\n") and line.count("\n") == 1
     assert decoded["faces"][0] == result["faces"][0]
-    assert decoded["faces"][1] == {"box": [0.0, 0.0, 2.0, 2.0], "age": None, "landmarks": None, "embedding": [0.5],
-                                   "non_finite": ["age", "landmarks"]}  # fmt: skip
+    assert decoded["faces"][1] == {
+        "box": [0.0, 0.0, 2.0, 2.0],
+        "age": None,
+        "landmarks": None,
+        "embedding": [0.5],
+        "non_finite": ["age", "landmarks"],
+    }
     assert result["faces"][1]["landmarks"][0][1] == float("-inf")  # the caller's result is left as it was

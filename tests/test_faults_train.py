@@ -180,28 +180,42 @@ def unknown_reader(raw: dict, work: Path) -> None:
 
 CASES = {  # name: (setup, expected exit status, pattern of the one error line)
     "learning_rate_not_a_number": (
-        with_config(set_in("training", "learning_rate", "fast")), 2, r"training\.learning_rate must be a number > 0"
+        with_config(set_in("training", "learning_rate", "fast")),
+        2,
+        r"training\.learning_rate must be a number > 0",
     ),
     "learning_rate_negative": (
-        with_config(set_in("training", "learning_rate", -1.0)), 2, r"training\.learning_rate must be a number > 0"
+        with_config(set_in("training", "learning_rate", -1.0)),
+        2,
+        r"training\.learning_rate must be a number > 0",
     ),
     "samples_per_step_bool": (
-        with_config(set_in("tasks", "age_morph2", "samples_per_step", True)), 2, r"samples_per_step .*integer >= 1"
+        with_config(set_in("tasks", "age_morph2", "samples_per_step", True)),
+        2,
+        r"samples_per_step .*integer >= 1",
     ),
     "max_steps_zero": (with_config(set_in("training", "max_steps", 0)), 2, r"training\.max_steps must be an integer"),
     "gradient_accumulation_zero": (
-        with_config(set_in("training", "gradient_accumulation_steps", 0)), 2, r"gradient_accumulation_steps .*>= 1"
+        with_config(set_in("training", "gradient_accumulation_steps", 0)),
+        2,
+        r"gradient_accumulation_steps .*>= 1",
     ),
     "logging_steps_zero": (with_config(set_in("training", "logging_steps", 0)), 2, r"training\.logging_steps .*>= 1"),
     "seed_not_a_number": (with_config(set_in("training", "seed", "abc")), 2, r"training\.seed must be an integer in"),
     "weight_infinite": (
-        with_config(set_in("tasks", "age_morph2", "weight", float("inf"))), 2, r"weight \(alpha_t\) must be a number"
+        with_config(set_in("tasks", "age_morph2", "weight", float("inf"))),
+        2,
+        r"weight \(alpha_t\) must be a number",
     ),
     "open_layer_out_of_range": (
-        with_config(set_in("stage", "open_layers", [99])), 2, r"stage\.open_layers: .*99.*0\.\.3"
+        with_config(set_in("stage", "open_layers", [99])),
+        2,
+        r"stage\.open_layers: .*99.*0\.\.3",
     ),
     "misspelt_model_config_key": (
-        with_config(set_in("model", "config", "decoder_layer", 3)), 2, r"model\.config has unknown keys \['decoder_lay"
+        with_config(set_in("model", "config", "decoder_layer", 3)),
+        2,
+        r"model\.config has unknown keys \['decoder_lay",
     ),
     "unknown_prompt_task": (
         with_config(lambda raw, work: raw.update(stage={"mode": "prompt", "prompt_tasks": ["glasses"]})),
@@ -209,12 +223,16 @@ CASES = {  # name: (setup, expected exit status, pattern of the one error line)
         r"stage\.prompt_tasks \['glasses'\] are not trained",
     ),
     "unknown_training_key": (
-        with_config(set_in("training", "learning_rat", 0.1)), 2, r"unknown training settings \['learning_rat'\]"
+        with_config(set_in("training", "learning_rat", 0.1)),
+        2,
+        r"unknown training settings \['learning_rat'\]",
     ),
     "empty_data_folder": (with_config(empty_data_folder), 2, r"task 'age_morph2': .*missing UTKFace image folder"),
     "unknown_reader": (with_config(unknown_reader), 2, r"task 'age_morph2': unknown reader 'age_imdb'"),
     "age_outside_the_head": (
-        with_config(an_age_of_500), 2, r"task 'age_morph2': .*utk: 500_0_0_b\.jpg: age 500 outside 0\.\.100, the range"
+        with_config(an_age_of_500),
+        2,
+        r"task 'age_morph2': .*utk: 500_0_0_b\.jpg: age 500 outside 0\.\.100, the range",
     ),
     "corrupt_image_past_the_first": (
         with_config(corrupt_images_past_the_first),
@@ -246,9 +264,11 @@ CASES = {  # name: (setup, expected exit status, pattern of the one error line)
         r"checkpoint-2: its optimizer state cannot be loaded: .*pickled objects other than tensors",
     ),
     "loss_not_finite": (
-        with_config(set_in("tasks", "age_morph2", "weight", 1.0e38)), 1, r"the loss is not finite at step 1"
+        with_config(set_in("tasks", "age_morph2", "weight", 1.0e38)),
+        1,
+        r"the loss is not finite at step 1",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -517,8 +517,10 @@ def test_cards_pass_metadata_validation_and_round_trips(tmp_path):
     assert ModelCardData(**metadata).to_dict() == card.data.to_dict()
     name, results = model_index_to_eval_results(metadata["model-index"])
     assert eval_results_to_model_index(name, results) == metadata["model-index"]
-    values = {(result.task_name.split("(")[-1].rstrip(")"), result.dataset_name, result.dataset_split): result
-              for result in results}  # fmt: skip
+    values = {
+        (result.task_name.split("(")[-1].rstrip(")"), result.dataset_name, result.dataset_split): result
+        for result in results
+    }
     assert len(values) == len(PAPER_RESULTS["faceptor-full"]["results"]) == 18
     assert values["affect_rafdb", "RAF-DB", "test"].metric_value == 91.26
     assert values["align_aflw", "AFLW-19", "full"].metric_value == 0.95

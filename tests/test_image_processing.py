@@ -59,8 +59,12 @@ def test_landmarks_go_back_to_image_pixels():
     heatmaps[0, 0, 4, 12] = 30.0  # row 4, column 12 of a 16x16 map
     heatmaps[0, 1, 15, 0] = 30.0
     points = FaceptorImageProcessor.post_process_landmarks(heatmaps, crops)[0]
-    expected = np.array([[30 + (12.5 / 16) * 100 - 0.5, 30 + (4.5 / 16) * 100 - 0.5],
-                         [30 + (0.5 / 16) * 100 - 0.5, 30 + (15.5 / 16) * 100 - 0.5]])  # fmt: skip
+    expected = np.array(
+        [
+            [30 + (12.5 / 16) * 100 - 0.5, 30 + (4.5 / 16) * 100 - 0.5],
+            [30 + (0.5 / 16) * 100 - 0.5, 30 + (15.5 / 16) * 100 - 0.5],
+        ]
+    )
     np.testing.assert_allclose(points, expected, atol=1e-3)
 
 

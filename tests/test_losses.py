@@ -77,8 +77,13 @@ def test_expression_and_attribute_losses_by_hand():
     by_hand = (bce(1.0, 1) + bce(-2.0, 0) + bce(0.0, 0) + bce(3.0, 1) + bce(-1.0, 1)) / 2
     assert attribute_loss(attribute_logits, targets)["loss"].item() == pytest.approx(by_hand, rel=1e-6)
     ratios = [0.2, 0.5, 0.9]
-    weighted = (bce(1.0, 1) * math.exp(0.8) + bce(-2.0, 0) * math.exp(0.5) + bce(0.0, 0) * math.exp(0.2)
-                + bce(3.0, 1) * math.exp(0.5) + bce(-1.0, 1) * math.exp(0.1)) / 2  # fmt: skip
+    weighted = (
+        bce(1.0, 1) * math.exp(0.8)
+        + bce(-2.0, 0) * math.exp(0.5)
+        + bce(0.0, 0) * math.exp(0.2)
+        + bce(3.0, 1) * math.exp(0.5)
+        + bce(-1.0, 1) * math.exp(0.1)
+    ) / 2
     assert attribute_loss(attribute_logits, targets, ratios)["loss"].item() == pytest.approx(weighted, rel=1e-6)
 
 

@@ -16,9 +16,14 @@ def test_every_task_has_the_documented_output_shape(scope):
     with torch.no_grad():
         out = run_all_tasks(model, batch_size=3, size=64)
     expected = {
-        "recog_ms1mv3": (3, 24), "age_morph2": (3, 101), "biattr_celeba": (3, 40), "affect_affectnet": (3, 7),
-        "affect_rafdb": (3, 7), "parsing_celebam": (3, 19, 16, 16), "align_300w": (3, 68, 16, 16),
-    }  # fmt: skip
+        "recog_ms1mv3": (3, 24),
+        "age_morph2": (3, 101),
+        "biattr_celeba": (3, 40),
+        "affect_affectnet": (3, 7),
+        "affect_rafdb": (3, 7),
+        "parsing_celebam": (3, 19, 16, 16),
+        "align_300w": (3, 68, 16, 16),
+    }
     assert {name: tuple(value.shape) for name, value in out.task_outputs.items()} == expected
     assert out.pixel_embeddings.shape == (3, 16, 16, 16)
     assert out.decoder_tokens["age_morph2"].shape == (3, 101, 16)
@@ -85,9 +90,10 @@ def test_add_task_adds_only_query_sized_parameters():
     assert added == 2 * 3 * width + levels * width
     new_names = {name for name, _ in model.named_parameters()} - set(before_names)
     assert new_names == {
-        "decoder.query_features.glasses", "decoder.query_position_embeddings.glasses",
+        "decoder.query_features.glasses",
+        "decoder.query_position_embeddings.glasses",
         "decoder.task_level_embeddings.glasses",
-    }  # fmt: skip
+    }
     assert sum(p.numel() for name, p in model.named_parameters() if name in new_names) == added
     with torch.no_grad():
         new_outputs = model(pixel_values).task_outputs
@@ -168,9 +174,14 @@ def test_weights_missing_from_a_checkpoint_are_initialised_not_garbage(tmp_path)
     model = FaceptorModel(tiny_config(layer_embedding_scope="per_task"))
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    dropped = ["decoder.query_features.age_morph2", "decoder.query_position_embeddings.age_morph2",
-               "decoder.task_level_embeddings.age_morph2", "identity_head.batch_norm1.running_var",
-               "encoder.embeddings.position_embedding", "decoder.input_projections.1.weight"]  # fmt: skip
+    dropped = [
+        "decoder.query_features.age_morph2",
+        "decoder.query_position_embeddings.age_morph2",
+        "decoder.task_level_embeddings.age_morph2",
+        "identity_head.batch_norm1.running_var",
+        "encoder.embeddings.position_embedding",
+        "decoder.input_projections.1.weight",
+    ]
     save_file({key: value for key, value in weights.items() if key not in dropped}, tmp_path / "model.safetensors")
     loaded = FaceptorModel.from_pretrained(tmp_path, allow_missing_weights=True)  # the opt-in; else an error
     state = loaded.state_dict()

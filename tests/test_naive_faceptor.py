@@ -149,10 +149,20 @@ def test_key_mapping_round_trip_on_random_shapes(seed, tmp_path):
     converted = NaiveFaceptorModel.from_pretrained(tmp_path / "out")
     inferred, wanted = converted.config.to_dict(), config.to_dict()
     compared = (
-        "hidden_size", "num_hidden_layers", "intermediate_size", "position_grid_size", "projection_dim",
-        "dense_channels", "attribute_hidden_size", "attribute_kernel_size", "attribute_reduction_ratio",
-        "identity_embedding_size", "dense_feature_layers", "attribute_feature_layers", "task_groups",
-    )  # fmt: skip
+        "hidden_size",
+        "num_hidden_layers",
+        "intermediate_size",
+        "position_grid_size",
+        "projection_dim",
+        "dense_channels",
+        "attribute_hidden_size",
+        "attribute_kernel_size",
+        "attribute_reduction_ratio",
+        "identity_embedding_size",
+        "dense_feature_layers",
+        "attribute_feature_layers",
+        "task_groups",
+    )
     for name in compared:
         assert inferred[name] == wanted[name], name
     # Unofficial names keep the shapes' sizes and their prefix's kind; official ones get their labels back.
@@ -197,8 +207,14 @@ def test_naive_faceptor_counts_the_papers_178_9m_parameters():
     # The same numbers as the official modules built at full size (real mmseg UPerHead).
     assert total == 178_911_058 and round(total / 1e6, 1) == 178.9
     assert encoder == 86_828_544
-    assert counts == {"recog": 987_136, "age": 4_150_405, "biattr": 4_119_112, "affect": 4_105_774,
-                      "parsing": 39_347_475, "align": 39_372_612}  # fmt: skip
+    assert counts == {
+        "recog": 987_136,
+        "age": 4_150_405,
+        "biattr": 4_119_112,
+        "affect": 4_105_774,
+        "parsing": 39_347_475,
+        "align": 39_372_612,
+    }
     assert round(counts["parsing"] / 1e6, 1) == round(counts["align"] / 1e6, 1) - 0.1 == 39.3
     assert round(counts["recog"] / 1e6, 1) == 1.0
 
@@ -208,11 +224,20 @@ def test_every_task_has_the_faceptor_output_shape():
     with torch.no_grad():
         out = model(torch.randn(3, 3, 64, 64))
     expected = {
-        "recog_ms1mv3": (3, 24), "age_morph2": (3, 101), "age_utkface": (3, 101), "biattr_celeba": (3, 40),
-        "affect_affectnet": (3, 7), "affect_rafdb": (3, 7), "affect_ferplus": (3, 7),
-        "parsing_celebam": (3, 19, 16, 16), "parsing_lapa": (3, 11, 16, 16), "align_300w": (3, 68, 16, 16),
-        "align_cofw": (3, 29, 16, 16), "align_wflw": (3, 98, 16, 16), "align_aflw": (3, 19, 16, 16),
-    }  # fmt: skip
+        "recog_ms1mv3": (3, 24),
+        "age_morph2": (3, 101),
+        "age_utkface": (3, 101),
+        "biattr_celeba": (3, 40),
+        "affect_affectnet": (3, 7),
+        "affect_rafdb": (3, 7),
+        "affect_ferplus": (3, 7),
+        "parsing_celebam": (3, 19, 16, 16),
+        "parsing_lapa": (3, 11, 16, 16),
+        "align_300w": (3, 68, 16, 16),
+        "align_cofw": (3, 29, 16, 16),
+        "align_wflw": (3, 98, 16, 16),
+        "align_aflw": (3, 19, 16, 16),
+    }
     assert {name: tuple(value.shape) for name, value in out.task_outputs.items()} == expected
     assert all(torch.isfinite(value).all() for value in out.task_outputs.values())
     assert out.decoder_tokens is None and out.pixel_embeddings is None
@@ -237,8 +262,11 @@ def test_config_validates_task_groups():
     with pytest.raises(ValueError, match="4 encoder layers"):
         naive_tiny_config(dense_feature_layers=[1, 2, 3])
     assert NaiveFaceptorConfig(num_hidden_layers=4, num_attention_heads=2, hidden_size=32).dense_feature_layers == [
-        0, 1, 2, 3
-    ]  # fmt: skip
+        0,
+        1,
+        2,
+        3,
+    ]
 
 
 def test_training_module_runs_each_task_on_its_own_rows():
@@ -250,10 +278,13 @@ def test_training_module_runs_each_task_on_its_own_rows():
     for name, spec in specs.items():
         size = 64 if spec["category"] == "dense" else 32
         labels = {
-            "embedding": torch.tensor([0, 3]), "age": torch.tensor([20.0, 50.0]),
-            "classification": torch.tensor([1, 2]), "multilabel": torch.randint(0, 2, (2, 40)).float(),
-            "parsing": torch.randint(0, 19, (2, size, size)), "landmarks": torch.rand(2, 68, 2) * size,
-        }[spec["kind"]]  # fmt: skip
+            "embedding": torch.tensor([0, 3]),
+            "age": torch.tensor([20.0, 50.0]),
+            "classification": torch.tensor([1, 2]),
+            "multilabel": torch.randint(0, 2, (2, 40)).float(),
+            "parsing": torch.randint(0, 19, (2, size, size)),
+            "landmarks": torch.rand(2, 68, 2) * size,
+        }[spec["kind"]]
         batches[name] = {"pixel_values": torch.randn(2, 3, size, size), "labels": labels}
     result = module(batches)
     result["loss"].backward()

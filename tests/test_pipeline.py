@@ -146,9 +146,25 @@ def test_cli_predict_writes_json_lines_pictures_and_one_line_per_bad_file(model_
     (tmp_path / "in").mkdir()
     paths = make_inputs(tmp_path / "in", astronaut)
     chosen = [paths["good"], paths["grayscale"], paths["truncated"], paths["missing"]]
-    command = [sys.executable, "-m", "faceptor.commands.cli", "predict", *map(str, chosen), "--model", str(model_dir),
-               "--no-detector", "--output", str(tmp_path / "out.jsonl"), "--visualize", str(tmp_path / "vis"),
-               "--tasks", "age_morph2", "parsing_celebam", "align_300w", "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "faceptor.commands.cli",
+        "predict",
+        *map(str, chosen),
+        "--model",
+        str(model_dir),
+        "--no-detector",
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        "--visualize",
+        str(tmp_path / "vis"),
+        "--tasks",
+        "age_morph2",
+        "parsing_celebam",
+        "align_300w",
+        "--quiet",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     # The entry point's stderr holds one line per bad file and nothing else: no traceback, warning or progress bar.

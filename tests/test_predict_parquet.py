@@ -60,13 +60,21 @@ def test_rows_are_the_json_lines_records_of_the_same_run_on_photos_and_a_video(m
 def test_records_are_written_in_row_groups_and_read_back_exactly(tmp_path):
     records = [
         {"source": "a.jpg", "image_size": [4, 6], "faces": [], "warning": "no face found"},
-        {"source": "b.jpg", "image_size": (4, 6), "faces": [{"box": [0.0, 1.5, 2.0, 3.0], "score": None,
-                                                            "age": float("nan"), "box_source": "x"}]},
-        {"source": "c.mp4", "frame": 3, "time_s": 0.25, "image_size": [4, 6],
-         "faces": [{"track_id": 7, "box": [1, 2, 3, 4], "expression": {"happy": 0.75, "sad": 0.25}}]},
+        {
+            "source": "b.jpg",
+            "image_size": (4, 6),
+            "faces": [{"box": [0.0, 1.5, 2.0, 3.0], "score": None, "age": float("nan"), "box_source": "x"}],
+        },
+        {
+            "source": "c.mp4",
+            "frame": 3,
+            "time_s": 0.25,
+            "image_size": [4, 6],
+            "faces": [{"track_id": 7, "box": [1, 2, 3, 4], "expression": {"happy": 0.75, "sad": 0.25}}],
+        },
         {"source": "d.jpg", "faces": [{"custom_task": {"nested": [1, 2]}, "more": {"x": 1.0}}], "extra": True},
         {"source": "e.jpg", "image_size": [4, 6], "faces": [{"landmarks": [[1.0, 2.0], [3.0, 4.0]]}]},
-    ]  # fmt: skip
+    ]
     lines = [json_line(record)[0] for record in records]
     path = tmp_path / "out.parquet"
     writer = ParquetRecordWriter(str(path), rows_per_group=2)
@@ -99,8 +107,12 @@ def test_sharded_parts_merge_into_one_parquet_file_in_input_order(tmp_path):
 
     output = str(tmp_path / "out.parquet")
     face = {"box": [0.0, 0.0, 1.0, 1.0], "score": 0.5}
-    results = [{"source": "0", "faces": [face]}, {"source": "1", "error": "x"}, {"source": "2", "faces": []},
-               {"source": "3", "faces": [face]}]  # fmt: skip
+    results = [
+        {"source": "0", "faces": [face]},
+        {"source": "1", "error": "x"},
+        {"source": "2", "faces": []},
+        {"source": "3", "faces": [face]},
+    ]
     for rank in range(2):
         with open(part_path(output, rank, 2), "w") as part:
             for index, _ in shard([result["source"] for result in results], rank, 2):
@@ -111,13 +123,21 @@ def test_sharded_parts_merge_into_one_parquet_file_in_input_order(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.parquet"]
 
 
-def test_a_run_that_fails_leaves_no_parquet_file_or_the_earlier_one_untouched(model_dir, tmp_path, capsys,
-                                                                               monkeypatch):  # fmt: skip
+def test_a_run_that_fails_leaves_no_parquet_file_or_the_earlier_one_untouched(model_dir, tmp_path, capsys, monkeypatch):
     from faceptor.commands import predict
 
     target = tmp_path / "out.parquet"
-    arguments = ["predict", str(ASTRONAUT), "--model", str(model_dir), "--output", str(target), "--output-format",
-                 "parquet", "--quiet"]  # fmt: skip
+    arguments = [
+        "predict",
+        str(ASTRONAUT),
+        "--model",
+        str(model_dir),
+        "--output",
+        str(target),
+        "--output-format",
+        "parquet",
+        "--quiet",
+    ]
     status, _, err = run_cli([*arguments, "--tasks", "no_such_task"], capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1 and not target.exists()
     assert leftovers(tmp_path, "out.parquet") == []

@@ -155,24 +155,52 @@ def test_batch_size_counts_faces_per_forward_pass(model_dir, photos):
     three_faces = lambda image: [[10, 10, 60, 60], [40, 40, 120, 120], [0, 0, 30, 40]]  # noqa: E731
     inputs = list(enumerate(path for path in photos if Path(path).stem in ("a_astronaut", "b_chelsea", "e_coffee")))
     results = []
-    predict_stream(face_pipeline, inputs, lambda item: results.append(item.result), tasks=["age_morph2"],
-                   detector=three_faces, batch_size=4, images_in_flight=2, workers=2)  # fmt: skip
+    predict_stream(
+        face_pipeline,
+        inputs,
+        lambda item: results.append(item.result),
+        tasks=["age_morph2"],
+        detector=three_faces,
+        batch_size=4,
+        images_in_flight=2,
+        workers=2,
+    )
     assert [len(result.get("faces", ())) for result in results] == [3, 3, 3], results
     assert max(sizes) == 4 and sum(sizes) == 9  # nine faces, at most four per forward pass
 
 
 def test_cli_streams_the_same_results_as_the_pipeline(model_dir, photos, tmp_path, capsys):
     target = tmp_path / "out.jsonl"
-    arguments = ["predict", *photos, "--model", str(model_dir), "--output", str(target), "--tasks", "age_morph2",
-                 "align_300w", "parsing_celebam", "--batch-size", "2", "--images-in-flight", "3", "--workers", "2",
-                 "--visualize", str(tmp_path / "pictures"), "--quiet"]  # fmt: skip
+    arguments = [
+        "predict",
+        *photos,
+        "--model",
+        str(model_dir),
+        "--output",
+        str(target),
+        "--tasks",
+        "age_morph2",
+        "align_300w",
+        "parsing_celebam",
+        "--batch-size",
+        "2",
+        "--images-in-flight",
+        "3",
+        "--workers",
+        "2",
+        "--visualize",
+        str(tmp_path / "pictures"),
+        "--quiet",
+    ]
     status, out, err = run_cli(arguments, capsys)
     assert status == 1 and out == ""
     # One line per unreadable input, in input order; photos without a face are results, counted in one line.
     *errors, summary = err.splitlines()
     assert all(line.startswith("faceptor: error:") for line in errors), err
-    assert [line.split("/")[-1] for line in errors] == ["gone.jpg: no such file",
-        "d_broken.jpg: not an image file (or a format Pillow cannot read)"]  # fmt: skip
+    assert [line.split("/")[-1] for line in errors] == [
+        "gone.jpg: no such file",
+        "d_broken.jpg: not an image file (or a format Pillow cannot read)",
+    ]
     assert summary == "faceptor: 2 of 7 images had no face"
     lines = [json.loads(line) for line in target.read_text().splitlines()]
     good = [path for path in photos if "gone" not in path and "broken" not in path]
@@ -207,8 +235,13 @@ def _flat(value, prefix=""):
 def test_parts_merge_in_input_order_and_count_bad_inputs(tmp_path):
     output = str(tmp_path / "out.jsonl")
     face = {"box": [0, 0, 1, 1]}
-    results = [{"source": "0", "faces": [face]}, {"source": "1", "error": "x"}, {"source": "2", "faces": []},
-               {"source": "3", "faces": [face]}, {"source": "4", "faces": [face]}]  # fmt: skip
+    results = [
+        {"source": "0", "faces": [face]},
+        {"source": "1", "error": "x"},
+        {"source": "2", "faces": []},
+        {"source": "3", "faces": [face]},
+        {"source": "4", "faces": [face]},
+    ]
     for rank in range(2):
         with open(part_path(output, rank, 2), "w") as part:
             for index, _ in shard([result["source"] for result in results], rank, 2):
@@ -221,16 +254,43 @@ def test_parts_merge_in_input_order_and_count_bad_inputs(tmp_path):
 @pytest.mark.slow
 def test_two_processes_under_accelerate_give_the_single_process_output(model_dir, photos, tmp_path):
     pytest.importorskip("accelerate")
-    common = [*photos, "--model", str(model_dir), "--tasks", "age_morph2", "align_300w", "parsing_celebam",
-              "--batch-size", "2", "--quiet"]  # fmt: skip
+    common = [
+        *photos,
+        "--model",
+        str(model_dir),
+        "--tasks",
+        "age_morph2",
+        "align_300w",
+        "parsing_celebam",
+        "--batch-size",
+        "2",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     alone = [sys.executable, "-m", "faceptor.commands.predict", *common, "--output", str(tmp_path / "one.jsonl")]
     single = subprocess.run(alone, capture_output=True, text=True, env=env, timeout=600)
     assert single.returncode == 1, single.stderr[-3000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "faceptor.commands.predict", *common, "--output", str(tmp_path / "two.jsonl"),
-              "--visualize", str(tmp_path / "pictures")]  # fmt: skip
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "faceptor.commands.predict",
+        *common,
+        "--output",
+        str(tmp_path / "two.jsonl"),
+        "--visualize",
+        str(tmp_path / "pictures"),
+    ]
     sharded = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
     # The main process reports the inputs of both: a bad file in either process's shard fails the run.
     assert sharded.returncode != 0

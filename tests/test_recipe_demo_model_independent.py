@@ -31,9 +31,10 @@ def test_no_independent_photo_is_ever_trained_on():
 
 def test_every_label_is_pinned_with_its_source_and_in_the_models_label_space():
     expressions = next(
-        spec["labels"] for spec in yaml.safe_load(CONFIG.read_text())["model"]["config"]["tasks"]
+        spec["labels"]
+        for spec in yaml.safe_load(CONFIG.read_text())["model"]["config"]["tasks"]
         if spec["kind"] == "classification"
-    )  # fmt: skip
+    )
     for face in independent.LABELLED_FACES:
         assert face.file.version and face.file.member and face.label_source
         assert face.expression is None or face.expression in expressions

@@ -132,8 +132,9 @@ def test_prompt_tuning_changes_only_the_new_tasks_queries(stage_one_model, tmp_p
     before = model_state(trainer)
     trainer.train()
     assert changed_parameters(before, model_state(trainer)) == {
-        "decoder.query_features.glasses", "decoder.query_position_embeddings.glasses"
-    }  # fmt: skip
+        "decoder.query_features.glasses",
+        "decoder.query_position_embeddings.glasses",
+    }
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
@@ -195,9 +196,26 @@ def test_two_processes_with_accelerate_agree_and_save_a_loadable_model(tmp_path)
     raw = tiny_raw(max_steps=4, save_steps=1000)
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(raw))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "faceptor.train", "--config", str(config_path), "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "faceptor.train",
+        "--config",
+        str(config_path),
+        "--output_dir",
+        str(tmp_path / "run"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -207,14 +225,31 @@ def test_two_processes_with_accelerate_agree_and_save_a_loadable_model(tmp_path)
 
 
 TABLE_2 = {  # paper Table 2: (n_t, alpha_t) for Faceptor-Base and Faceptor-Full
-    "base": {"align_300w": (4, 1000.0), "parsing_celebam": (4, 100.0), "age_morph2": (64, 6.0),
-             "affect_affectnet": (64, 4.0), "affect_rafdb": (16, 1.0), "biattr_celeba": (64, 2.0),
-             "recog_ms1mv3": (256, 5.0)},
-    "full": {"align_300w": (4, 250.0), "align_wflw": (4, 250.0), "align_cofw": (4, 250.0), "align_aflw": (4, 250.0),
-             "parsing_celebam": (4, 100.0), "parsing_lapa": (4, 100.0), "age_morph2": (64, 4.0),
-             "age_utkface": (16, 1.0), "affect_affectnet": (64, 6.66), "affect_rafdb": (16, 1.67),
-             "affect_ferplus": (16, 1.67), "biattr_celeba": (64, 2.0), "recog_ms1mv3": (256, 5.0)},
-}  # fmt: skip
+    "base": {
+        "align_300w": (4, 1000.0),
+        "parsing_celebam": (4, 100.0),
+        "age_morph2": (64, 6.0),
+        "affect_affectnet": (64, 4.0),
+        "affect_rafdb": (16, 1.0),
+        "biattr_celeba": (64, 2.0),
+        "recog_ms1mv3": (256, 5.0),
+    },
+    "full": {
+        "align_300w": (4, 250.0),
+        "align_wflw": (4, 250.0),
+        "align_cofw": (4, 250.0),
+        "align_aflw": (4, 250.0),
+        "parsing_celebam": (4, 100.0),
+        "parsing_lapa": (4, 100.0),
+        "age_morph2": (64, 4.0),
+        "age_utkface": (16, 1.0),
+        "affect_affectnet": (64, 6.66),
+        "affect_rafdb": (16, 1.67),
+        "affect_ferplus": (16, 1.67),
+        "biattr_celeba": (64, 2.0),
+        "recog_ms1mv3": (256, 5.0),
+    },
+}
 
 
 @pytest.mark.parametrize("variant", ["base", "full"])

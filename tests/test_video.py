@@ -153,8 +153,9 @@ def test_box_iou():
 
 def test_tracks_follow_moving_faces_and_keep_their_ids():
     tracker = FaceTracker()
-    ids = [tracker.update([[10 + 4 * step, 10, 60 + 4 * step, 70], [200, 50, 260, 120]], step / 10) for step in
-           range(10)]  # fmt: skip
+    ids = [
+        tracker.update([[10 + 4 * step, 10, 60 + 4 * step, 70], [200, 50, 260, 120]], step / 10) for step in range(10)
+    ]
     assert all(frame_ids == [0, 1] for frame_ids in ids)
     assert tracker.update([[200, 50, 260, 120], [300, 300, 350, 360]], 1.0) == [1, 2]  # a new face: a new id
 
@@ -278,8 +279,18 @@ def test_the_pipeline_takes_a_video_path_and_returns_a_generator_of_frame_result
 @pytest.mark.slow
 def test_predict_writes_a_line_per_frame_with_its_track_and_the_annotated_video(model_dir, clip, tmp_path, capsys):
     output, annotated = tmp_path / "frames.jsonl", tmp_path / "annotated.mp4"
-    arguments = ["predict", str(clip), "--model", str(model_dir), "--output", str(output), "--visualize",
-                 str(annotated), "--smooth", "--quiet"]  # fmt: skip
+    arguments = [
+        "predict",
+        str(clip),
+        "--model",
+        str(model_dir),
+        "--output",
+        str(output),
+        "--visualize",
+        str(annotated),
+        "--smooth",
+        "--quiet",
+    ]
     status, out, err = run_cli(arguments, capsys)
     assert status == 0, err
     lines = [json.loads(line) for line in output.read_text().splitlines()]
@@ -297,8 +308,18 @@ def test_predict_on_a_folder_mixing_photos_and_videos(model_dir, clip, tmp_path,
     shutil.copy(ASTRONAUT, folder / "a_photo.jpg")
     shutil.copy(clip, folder / "b_clip.mp4")
     pictures = tmp_path / "pictures"
-    arguments = ["predict", str(folder), "--model", str(model_dir), "--no-detector", "--every", "4", "--visualize",
-                 str(pictures), "--quiet"]  # fmt: skip
+    arguments = [
+        "predict",
+        str(folder),
+        "--model",
+        str(model_dir),
+        "--no-detector",
+        "--every",
+        "4",
+        "--visualize",
+        str(pictures),
+        "--quiet",
+    ]
     status, out, err = run_cli(arguments, capsys)
     assert status == 0, err
     photo, *frames = [json.loads(line) for line in out.splitlines()]
@@ -312,8 +333,9 @@ def test_predict_on_a_folder_mixing_photos_and_videos(model_dir, clip, tmp_path,
     assert (pictures / "a_photo.jpg").is_file()
 
 
-def test_predict_on_a_truncated_video_keeps_the_decoded_frames_and_says_why_in_one_line(model_dir, clip, tmp_path,
-                                                                                         capsys):  # fmt: skip
+def test_predict_on_a_truncated_video_keeps_the_decoded_frames_and_says_why_in_one_line(
+    model_dir, clip, tmp_path, capsys
+):
     truncated = truncate_clip(clip, tmp_path / "truncated.mp4")
     status, out, err = run_cli(["predict", str(truncated), "--model", str(model_dir), "--no-detector"], capsys)
     assert status == 1

@@ -83,11 +83,23 @@ def _mirror_permutation(num_points: int, pairs: Sequence[tuple[int, int]]) -> tu
 _PAIRS_300W = (
     *[(i, 16 - i) for i in range(8)],
     *[(17 + i, 26 - i) for i in range(5)],
-    (31, 35), (32, 34),
-    (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46),
-    (48, 54), (49, 53), (50, 52), (55, 59), (56, 58),
-    (60, 64), (61, 63), (65, 67),
-)  # fmt: skip
+    (31, 35),
+    (32, 34),
+    (36, 45),
+    (37, 44),
+    (38, 43),
+    (39, 42),
+    (40, 47),
+    (41, 46),
+    (48, 54),
+    (49, 53),
+    (50, 52),
+    (55, 59),
+    (56, 58),
+    (60, 64),
+    (61, 63),
+    (65, 67),
+)
 
 # WFLW 98 points: jaw 0-32, brows 33-41 and 42-50 (upper edge from the image-left end, then the lower edge
 # back), nose bridge 51-54, nostrils 55-59, eyes 60-67 and 68-75 (from the image-left corner, clockwise),
@@ -95,21 +107,48 @@ _PAIRS_300W = (
 _PAIRS_WFLW = (
     *[(i, 32 - i) for i in range(16)],
     *[(33 + i, 46 - i) for i in range(5)],
-    (38, 50), (39, 49), (40, 48), (41, 47),
-    (55, 59), (56, 58),
-    (60, 72), (61, 71), (62, 70), (63, 69), (64, 68), (65, 75), (66, 74), (67, 73),
-    (76, 82), (77, 81), (78, 80), (83, 87), (84, 86),
-    (88, 92), (89, 91), (93, 95),
+    (38, 50),
+    (39, 49),
+    (40, 48),
+    (41, 47),
+    (55, 59),
+    (56, 58),
+    (60, 72),
+    (61, 71),
+    (62, 70),
+    (63, 69),
+    (64, 68),
+    (65, 75),
+    (66, 74),
+    (67, 73),
+    (76, 82),
+    (77, 81),
+    (78, 80),
+    (83, 87),
+    (84, 86),
+    (88, 92),
+    (89, 91),
+    (93, 95),
     (96, 97),
-)  # fmt: skip
+)
 
 # COFW / LFPW 29 points, left | right: brow outer ends 0 | 1, brow inner ends 2 | 3, brow top 4 | 6, brow bottom
 # 5 | 7, eye outer corners 8 | 9, eye inner corners 10 | 11, eye top 12 | 14, eye bottom 13 | 15, pupils
 # 16 | 17, nose wings 18 | 19, mouth corners 22 | 23; on the midline: nose tip 20, nose base 21, lip centres
 # 24-27, chin 28.
 _PAIRS_COFW = (
-    (0, 1), (2, 3), (4, 6), (5, 7), (8, 9), (10, 11), (12, 14), (13, 15), (16, 17), (18, 19), (22, 23),
-)  # fmt: skip
+    (0, 1),
+    (2, 3),
+    (4, 6),
+    (5, 7),
+    (8, 9),
+    (10, 11),
+    (12, 14),
+    (13, 15),
+    (16, 17),
+    (18, 19),
+    (22, 23),
+)
 
 # AFLW-19 (AFLW's 21 points without the ears): brows 0-2 | 3-5 (each from the image-left end), eyes 6-8 | 9-11
 # (corner, centre, corner), nose 12 | 14 (wings) and 13 (tip), mouth 15 | 17 (corners) and 16, chin 18.

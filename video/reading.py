@@ -198,8 +198,10 @@ def _decode(path: str, keep, put) -> None:
             raise VideoDecodeError(f"{path}: no frame could be decoded, corrupt video ({_reason(first_error)})", 0)
         raise NoVideoFramesError(f"{path}: the video stream holds no frames")
     if first_error is not None:
-        raise VideoDecodeError(f"{path}: corrupt or truncated video, stopped after {decoded} decoded frames "
-                               f"({_reason(first_error)})", decoded)  # fmt: skip
+        raise VideoDecodeError(
+            f"{path}: corrupt or truncated video, stopped after {decoded} decoded frames ({_reason(first_error)})",
+            decoded,
+        )
     if stated and decoded < stated:
         raise VideoDecodeError(f"{path}: truncated video, {decoded} of its {stated} frames decoded", decoded)
 

@@ -24,8 +24,12 @@ class OneEuroFilter:
     """One-Euro filter of an array of values (each element filtered on its own). `scale` divides the speed before
     it raises the cutoff, so that `beta` does not depend on the units (a face's size in pixels, for example)."""
 
-    def __init__(self, min_cutoff_hz: float = DEFAULT_MIN_CUTOFF_HZ, beta: float = DEFAULT_BETA,
-                 derivative_cutoff_hz: float = DEFAULT_DERIVATIVE_CUTOFF_HZ):  # fmt: skip
+    def __init__(
+        self,
+        min_cutoff_hz: float = DEFAULT_MIN_CUTOFF_HZ,
+        beta: float = DEFAULT_BETA,
+        derivative_cutoff_hz: float = DEFAULT_DERIVATIVE_CUTOFF_HZ,
+    ):
         self.min_cutoff_hz, self.beta, self.derivative_cutoff_hz = min_cutoff_hz, beta, derivative_cutoff_hz
         self._value: np.ndarray | None = None
         self._speed: np.ndarray | None = None
@@ -49,8 +53,12 @@ class FaceSmoother:
     """One-Euro filters of each track's `box` and `landmarks` (result dicts with a `track_id`), updated in place;
     speed is measured in face sizes (the box's longer side) per second."""
 
-    def __init__(self, min_cutoff_hz: float = DEFAULT_MIN_CUTOFF_HZ, beta: float = DEFAULT_BETA,
-                 reset_after_s: float = DEFAULT_RESET_AFTER_S):  # fmt: skip
+    def __init__(
+        self,
+        min_cutoff_hz: float = DEFAULT_MIN_CUTOFF_HZ,
+        beta: float = DEFAULT_BETA,
+        reset_after_s: float = DEFAULT_RESET_AFTER_S,
+    ):
         self.min_cutoff_hz, self.beta, self.reset_after_s = min_cutoff_hz, beta, reset_after_s
         self._filters: dict[tuple[int, str], OneEuroFilter] = {}
         self._last_seen: dict[int, float] = {}

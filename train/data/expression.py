@@ -163,8 +163,17 @@ def read_rafdb(root: str | os.PathLike, split: str, *, aligned: bool = True):
 FERPLUS_SPLITS = ("train", "val", "test", "train_val")
 # FERPlus's vote columns, in fer2013new.csv order.
 FERPLUS_CLASSES = (
-    "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF",
-)  # fmt: skip
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+    "unknown",
+    "NF",
+)
 # FERPlus class -> `EXPRESSIONS` (the official FERPlusDataset_V2 mapping); contempt (7) has no 7-class slot.
 FERPLUS_TO_EXPRESSIONS = (0, 1, 3, 2, 6, 5, 4)
 _FERPLUS_USAGE = {"train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)}

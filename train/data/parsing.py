@@ -31,9 +31,25 @@ _CELEBA_PARTITION = {"train": (0,), "val": (1,), "test": (2,), "train_val": (0, 
 # Part files in the official 'all' label order: the part at position i paints class i + 1, later parts
 # painting over earlier ones (so hair covers skin, eyeglasses cover eyes, ...).
 CELEBAMASK_HQ_PARTS = (
-    "neck", "skin", "cloth", "l_ear", "r_ear", "l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth", "l_lip",
-    "u_lip", "hair", "eye_g", "hat", "ear_r", "neck_l",
-)  # fmt: skip
+    "neck",
+    "skin",
+    "cloth",
+    "l_ear",
+    "r_ear",
+    "l_brow",
+    "r_brow",
+    "l_eye",
+    "r_eye",
+    "nose",
+    "mouth",
+    "l_lip",
+    "u_lip",
+    "hair",
+    "eye_g",
+    "hat",
+    "ear_r",
+    "neck_l",
+)
 CELEBAMASK_HQ_MASK_SIZE = 512
 
 
