@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import torch
@@ -325,14 +326,20 @@ def _predict(
     videos: Sequence[tuple[str, str]] = (),
     folders: Sequence[str] | None = None,
 ) -> int:
-    from tqdm.auto import tqdm
-
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     is_main = state is None or state.is_main_process
     if not is_main:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # one set of bars, the main process's
+    face_pipeline, decoder = _prepare_pipeline(args, state, is_main, bool(images))
+    run = _run_inputs(args, face_pipeline, decoder, shard(images, rank, world), pictures, videos, folders, state)
+    return _report_run(args, run, len(images), state)
+
+
+def _prepare_pipeline(args: argparse.Namespace, state: Any, is_main: bool, has_images: bool):
+    """The model's pipeline on its device (compiled when asked), the tasks checked, and the JPEG decoder; loading
+    and warm-up shown as steps of their own to a person at a terminal."""
     device = args.device
     if device is None and state is not None and state.device.type != "cpu":
         device = str(state.device)  # one accelerator per process, as accelerate assigned it
@@ -372,18 +379,52 @@ def _predict(
         decoder = make_decoder(args.decode, device)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    if steps and images:
+    if steps and has_images:
         _warm_up(face_pipeline, args.tasks)
-    mine = shard(images, rank, world)
-    # Written under a temporary name and renamed when complete: a run that dies leaves any earlier output whole.
-    final = (part_path(args.output, rank, world) if world > 1 else args.output) if args.output else None
-    written = OutputFile(final) if final else None  # a FIFO or /dev/null is written into, never renamed over
-    # Part files are always indexed JSON lines; the merge writes them in --output-format.
-    output = (
-        open_records_output(written.path, "jsonl" if world > 1 else args.output_format, new=not written.special)
-        if written
-        else sys.stdout
-    )
+    return face_pipeline, decoder
+
+
+@dataclass
+class _Run:
+    """What a run wrote, for its closing lines: the sink's counts, the videos', the output's final path."""
+
+    sink: ResultSink
+    video_errors: int
+    video_non_finite: int
+    final: str | None
+    human: bool
+
+
+def _open_output(args: argparse.Namespace, rank: int, world: int) -> tuple[str | None, OutputFile | None, IO[str]]:
+    """Where this process's records go: (the final path, its `OutputFile`, the open stream), or standard output.
+    Written under a temporary name and renamed when complete, so a run that dies leaves any earlier output whole; a
+    FIFO or /dev/null is written into, never renamed over. Part files are always indexed JSON lines (the merge
+    writes them in --output-format)."""
+    if not args.output:
+        return None, None, sys.stdout
+    final = part_path(args.output, rank, world) if world > 1 else args.output
+    written = OutputFile(final)
+    output_format = "jsonl" if world > 1 else args.output_format
+    return final, written, open_records_output(written.path, output_format, new=not written.special)
+
+
+def _run_inputs(
+    args: argparse.Namespace,
+    face_pipeline,
+    decoder,
+    mine: list[tuple[int, str]],
+    pictures: list[str] | None,
+    videos: Sequence[tuple[str, str]],
+    folders: Sequence[str] | None,
+    state: Any,
+) -> _Run:
+    """This process's photos through the streaming engine into the output (or this process's part of it), then the
+    videos; the output is renamed into place only when complete."""
+    from tqdm.auto import tqdm
+
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    is_main = state is None or state.is_main_process
+    final, written, output = _open_output(args, rank, world)
     human = output is sys.stdout and is_terminal(sys.stdout)  # a person reads the results: a summary, not JSON
     description = "faceptor" if world == 1 else f"faceptor (process 0 of {world})"
     existing = sum(os.path.exists(path) for _, path in mine)  # a missing input is an error line, not a step
@@ -430,16 +471,24 @@ def _predict(
             except OSError:
                 pass  # already reported by finish_output, or the run is failing for another reason
             written.discard()  # an interrupted run: its partial output goes, any earlier output stays
+    return _Run(sink, video_errors, video_non_finite, final, human)
+
+
+def _report_run(args: argparse.Namespace, run: _Run, total: int, state: Any) -> int:
+    """The closing lines and the exit status; with several processes the main one merges the parts first."""
+    sink = run.sink
+    world = state.num_processes if state else 1
+    is_main = state is None or state.is_main_process
     if world == 1:
         closing = None
-        if human or (not args.quiet and is_terminal(sys.stderr)):
+        if run.human or (not args.quiet and is_terminal(sys.stderr)):
             seconds = time.perf_counter() - sink.throughput.start
             rate = sink.images / seconds if sink.images and seconds > 0 else None
-            errors = sink.errors + video_errors
-            closing = closing_line(len(images), sink.faces, errors, sink.no_face, rate, final, args.visualize)
-        to = sys.stdout if human else sys.stderr
-        _summarise(sink.no_face, len(images), sink.non_finite + video_non_finite, closing, to)
-        return 1 if sink.errors or video_errors else 0
+            errors = sink.errors + run.video_errors
+            closing = closing_line(total, sink.faces, errors, sink.no_face, rate, run.final, args.visualize)
+        to = sys.stdout if run.human else sys.stderr
+        _summarise(sink.no_face, total, sink.non_finite + run.video_non_finite, closing, to)
+        return 1 if sink.errors or run.video_errors else 0
     state.wait_for_everyone()
     try:
         if not is_main:
@@ -454,7 +503,7 @@ def _predict(
             )
         except FileNotFoundError as error:
             raise CommandError(str(error)) from None
-        _summarise(statuses[NO_FACE], len(images), sink.non_finite)
+        _summarise(statuses[NO_FACE], total, sink.non_finite)
         return 1 if statuses[ERROR] or sink.failed_pictures else 0
     finally:
         close_process_group()  # also keeps the others alive until the merge is done
