@@ -27,12 +27,7 @@ from transformers.image_utils import ChannelDimension
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .decoding import (
-    attribute_probabilities,
-    class_probabilities,
-    expected_age,
     find_decoding,
-    landmark_points,
-    normalized_embeddings,
     parsing_labels,
 )
 from .geometry import normalized_to_pixels, square_crops, tanh_unwarp, tanh_warp
@@ -167,7 +162,7 @@ class FaceptorImageProcessor(TorchvisionBackend):
         parsing_warp_factor (`float`, defaults to 0): FaRL's tanh-warping of parsing crops (0.8 for a model
             trained on LaPa as the official recipe; 0 for CelebAMask-HQ). When positive, parsing tasks read
             their own "parsing" crops, warped so the whole image fits into the crop border, and
-            `post_process_parsing` undoes the warp.
+            `post_process` undoes the warp.
 
     Size groups: one model call reads crops of one size, so the processor makes the crops of one group at a time
     for the model: `processor(images, boxes=..., tasks=model.resolve_tasks([...]))` returns `pixel_values` of the
@@ -390,35 +385,50 @@ class FaceptorImageProcessor(TorchvisionBackend):
         tensors = [tensor.to(device) for tensor in tensors] if device is not None else tensors
         geometry = processor.face_geometry([tuple(tensor.shape[-2:]) for tensor in tensors], boxes)
         if groups is None and tasks is None and group is None:
-            # Every group a model reads, under the names its forward takes (the dense crops as `pixel_values`).
-            data = {}
-            for name in processor.default_groups():
-                crops = processor.crop_boxes(geometry["face_boxes"], geometry["whole_image"], name)
-                key = "pixel_values" if name == "dense" else f"pixel_values_{name}"
-                data[key] = processor.crop_faces(tensors, crops, geometry["image_index"], name)
-            return BatchFeature(data=data, tensor_type=return_tensors)
-        task_names = None
+            return processor._every_group(tensors, geometry, return_tensors)
         if groups is None:
-            if tasks is not None:
-                by_group = processor.groups_of(tasks)
-                if len(by_group) != 1 or (group is not None and group not in by_group):
-                    raise ValueError(
-                        f"Tasks {[_field(spec, 'name') for spec in tasks]} read the crop groups {list(by_group)}: "
-                        "one model call takes crops of one group, so prepare each group's tasks separately "
-                        "(or call the processor without tasks for the crops of every group)."
-                    )
-                group = next(iter(by_group))
-                task_names = [_field(spec, "name") for spec in tasks]
-            crops = processor.crop_boxes(geometry["face_boxes"], geometry["whole_image"], group)
-            data = {"pixel_values": processor.crop_faces(tensors, crops, geometry["image_index"], group)}
-            if task_names is not None:
-                data["tasks"] = task_names
-            # The names are not tensors: build the feature without conversion, its tensors are torch already.
-            return BatchFeature(data=data)
+            return processor._one_group(tensors, geometry, tasks, group)
+        return processor._groups_with_geometry(tensors, geometry, groups, return_tensors)
+
+    def _every_group(self, tensors: list[torch.Tensor], geometry: dict, return_tensors: str | None) -> BatchFeature:
+        # Every group a model reads, under the names its forward takes (the dense crops as `pixel_values`).
+        data = {}
+        for name in self.default_groups():
+            crops = self.crop_boxes(geometry["face_boxes"], geometry["whole_image"], name)
+            key = "pixel_values" if name == "dense" else f"pixel_values_{name}"
+            data[key] = self.crop_faces(tensors, crops, geometry["image_index"], name)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _one_group(
+        self, tensors: list[torch.Tensor], geometry: dict, tasks: Sequence[Any] | None, group: str | None
+    ) -> BatchFeature:
+        # One group's crops as `pixel_values`, with the names of `tasks` (which must all read that group).
+        task_names = None
+        if tasks is not None:
+            by_group = self.groups_of(tasks)
+            if len(by_group) != 1 or (group is not None and group not in by_group):
+                raise ValueError(
+                    f"Tasks {[_field(spec, 'name') for spec in tasks]} read the crop groups {list(by_group)}: "
+                    "one model call takes crops of one group, so prepare each group's tasks separately "
+                    "(or call the processor without tasks for the crops of every group)."
+                )
+            group = next(iter(by_group))
+            task_names = [_field(spec, "name") for spec in tasks]
+        crops = self.crop_boxes(geometry["face_boxes"], geometry["whole_image"], group)
+        data = {"pixel_values": self.crop_faces(tensors, crops, geometry["image_index"], group)}
+        if task_names is not None:
+            data["tasks"] = task_names
+        # The names are not tensors: build the feature without conversion, its tensors are torch already.
+        return BatchFeature(data=data)
+
+    def _groups_with_geometry(
+        self, tensors: list[torch.Tensor], geometry: dict, groups: Sequence[str], return_tensors: str | None
+    ) -> BatchFeature:
+        # Every listed group's crops with where they came from (for training and post-processing by hand).
         data = {}
         for name in groups:
-            crops = processor.crop_boxes(geometry["face_boxes"], geometry["whole_image"], name)
-            data[f"pixel_values_{name}"] = processor.crop_faces(tensors, crops, geometry["image_index"], name)
+            crops = self.crop_boxes(geometry["face_boxes"], geometry["whole_image"], name)
+            data[f"pixel_values_{name}"] = self.crop_faces(tensors, crops, geometry["image_index"], name)
             data[f"crops_{name}"] = crops
         data["face_boxes"] = geometry["face_boxes"].float()
         data["image_index"] = geometry["image_index"]
@@ -461,18 +471,17 @@ class FaceptorImageProcessor(TorchvisionBackend):
                 maps = self.parsing_label_maps(values, group_crops, geometry["image_sizes"], warp, decode)
                 decoded[name] = label_map_runs(maps) if parsing_format == "runs" else maps
             elif kind.json_form == "points":  # decoded in crop coordinates normalised to [0, 1]
-                decoded[name] = normalized_to_pixels(decode(values), group_crops[:, None, 2:], group_crops[:, None, :2])
+                decoded[name] = self.to_image_pixels(decode(values), group_crops)
             else:
                 decoded[name] = decode(values)
         return decoded
 
     @staticmethod
-    def post_process_landmarks(heatmaps: torch.Tensor, crops: torch.Tensor) -> list[np.ndarray]:
-        """Raw landmark maps `(F, N, h, w)` and their crops `(F, 3)` -> per face an `(N, 2)` array of (x, y)
-        in original-image pixels (pixel centres at integer coordinates), decoded by `landmark_points`."""
-        points = landmark_points(heatmaps)
+    def to_image_pixels(points: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+        """Points `(F, N, 2)` in crop coordinates normalised to [0, 1] (as `landmark_points` decodes them) and their
+        crops `(F, 3)` (left, top, side) -> (x, y) in original-image pixels, pixel centres at integer coordinates."""
         crops = crops.to(points)
-        return list(normalized_to_pixels(points, crops[:, None, 2:], crops[:, None, :2]).cpu().numpy())
+        return normalized_to_pixels(points, crops[:, None, 2:], crops[:, None, :2])
 
     @staticmethod
     def parsing_label_maps(
@@ -505,47 +514,11 @@ class FaceptorImageProcessor(TorchvisionBackend):
             return label_maps
         for group in _similar_regions(regions):  # faces at once, on regions padded to the group's largest
             index = torch.tensor(group, device=device)
-            labels = _sample_labels(logits[index], crops[index], [regions[i] for i in group], warp_factor)
+            labels = _sample_labels(logits[index], crops[index], [regions[i] for i in group], warp_factor, decode)
             for face, face_labels in zip(group, labels, strict=True):
                 x0, y0, x1, y1 = regions[face]
                 label_maps[face][y0:y1, x0:x1] = face_labels[: y1 - y0, : x1 - x0]
         return label_maps
-
-    @staticmethod
-    def post_process_parsing(
-        logits: torch.Tensor,
-        crops: torch.Tensor,
-        image_sizes: torch.Tensor | Sequence[Sequence[int]],
-        warp_factor: float = 0.0,
-    ) -> list[np.ndarray]:
-        """[`parsing_label_maps`] as numpy arrays on the CPU: per face an `(height, width)` uint8 label map of the
-        original image, 0 (background) outside the crop; with a `warp_factor` the tanh-warp is undone."""
-        maps = FaceptorImageProcessor.parsing_label_maps(logits, crops, image_sizes, warp_factor)
-        return [label_map.cpu().numpy() for label_map in maps]
-
-    @staticmethod
-    def post_process_age(logits: torch.Tensor) -> np.ndarray:
-        """`(F, 101)` age logits -> `(F,)` ages by `expected_age`: the expectation over ages 0..100 of the
-        sigmoid outputs normalised to sum to one, as the official DLDL-v2 age loss and evaluator."""
-        return expected_age(logits).cpu().numpy()
-
-    @staticmethod
-    def post_process_classification(logits: torch.Tensor, labels: Sequence[str]) -> list[dict[str, float]]:
-        """`(F, C)` logits -> per face {label: softmax probability} (`class_probabilities`)."""
-        probabilities = class_probabilities(logits).cpu().tolist()
-        return [dict(zip(labels, row, strict=True)) for row in probabilities]
-
-    @staticmethod
-    def post_process_multilabel(logits: torch.Tensor, labels: Sequence[str]) -> list[dict[str, float]]:
-        """`(F, C)` logits -> per face {attribute: sigmoid probability} (`attribute_probabilities`)."""
-        probabilities = attribute_probabilities(logits).cpu().tolist()
-        return [dict(zip(labels, row, strict=True)) for row in probabilities]
-
-    @staticmethod
-    def post_process_embedding(features: torch.Tensor) -> np.ndarray:
-        """`(F, D)` identity features -> L2-normalised `(F, D)` embeddings (`normalized_embeddings`; compare
-        by dot product)."""
-        return normalized_embeddings(features).cpu().numpy()
 
 
 def _similar_regions(regions: Sequence[tuple[int, int, int, int]]) -> list[list[int]]:
@@ -567,11 +540,16 @@ def _similar_regions(regions: Sequence[tuple[int, int, int, int]]) -> list[list[
 
 
 def _sample_labels(
-    logits: torch.Tensor, crops: torch.Tensor, regions: Sequence[tuple[int, int, int, int]], warp_factor: float
+    logits: torch.Tensor,
+    crops: torch.Tensor,
+    regions: Sequence[tuple[int, int, int, int]],
+    warp_factor: float,
+    decode: Callable[[torch.Tensor], torch.Tensor] = parsing_labels,
 ) -> torch.Tensor:
     """Faces' logits `(F, C, h, w)`, crops `(F, 3)` and image regions (x0, y0, x1, y1) -> `(F, Rh, Rw)` uint8
     labels of each region from its top-left corner (Rh, Rw: the largest region's), in bands of rows. Each pixel
-    reads the logits bilinearly where its crop saw it (through `tanh_warp` with a `warp_factor`)."""
+    reads the logits bilinearly where its crop saw it (through `tanh_warp` with a `warp_factor`); `decode` labels
+    the sampled logits (the arg-max over classes)."""
     device, count = logits.device, len(logits)
     region_width = max(x1 - x0 for x0, _, x1, _ in regions)
     region_height = max(y1 - y0 for _, y0, _, y1 in regions)
@@ -592,7 +570,7 @@ def _sample_labels(
         rows = _crop_grid(origins[:, 1:] + offsets_y, top, side, map_height, warp_factor)  # (F, band)
         grid = torch.stack(torch.broadcast_tensors(columns[:, None, :], rows[:, :, None]), dim=-1)
         sampled = F.grid_sample(floating, grid, mode="bilinear", padding_mode=padding, align_corners=False)
-        labels[:, start:stop] = parsing_labels(sampled).to(torch.uint8)
+        labels[:, start:stop] = decode(sampled).to(torch.uint8)
     return labels
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceptor import FaceptorImageProcessor
+from faceptor import FaceptorConfig, FaceptorImageProcessor
 from faceptor.processing.decoding import (
     age_probabilities,
     attribute_labels,
@@ -22,6 +22,8 @@ from faceptor.processing.decoding import (
 from faceptor.processing.geometry import normalized_to_pixels
 from faceptor.train.metrics import preprocess_logits_for_task, verification_scores
 from faceptor.train.metrics.tasks import prepare_inputs
+
+BASE_SPECS = FaceptorConfig.from_preset("faceptor-base").task_specs  # a task of each kind
 
 PEAK = 30.0  # sigmoid(+-30) is 1 or 1e-13: a logit map this peaked is one-hot after the activation
 
@@ -133,11 +135,18 @@ def rng():
     return torch.Generator().manual_seed(0)
 
 
+def through_processor(kind: str, raw: torch.Tensor, size: int = 64):
+    """What `FaceptorImageProcessor.post_process` (the pipeline's decoding) makes of `raw` outputs of a task of
+    `kind`, each face the whole of a `size` x `size` image."""
+    spec = next(spec for spec in BASE_SPECS.values() if spec.kind == kind)
+    decoded = FaceptorImageProcessor().post_process({spec.name: raw}, [spec], [(size, size)] * len(raw))
+    return decoded[spec.name]
+
+
 def test_landmarks_agree_between_processor_and_metrics(rng):
     size = 64
     maps = torch.randn(3, 19, 16, 16, generator=rng) * 4
-    whole_crop = torch.tensor([[0.0, 0.0, float(size)]] * 3)
-    processed = np.stack(FaceptorImageProcessor.post_process_landmarks(maps, whole_crop))
+    processed = through_processor("landmarks", maps, size).numpy()
     reduced = preprocess_logits_for_task("landmarks", size)(maps, None)
     from_raw, _ = prepare_inputs("landmarks", maps.numpy(), np.zeros((3, 19, 2)), size)
     np.testing.assert_array_equal(processed, reduced.numpy())
@@ -147,8 +156,7 @@ def test_landmarks_agree_between_processor_and_metrics(rng):
 def test_parsing_agrees_between_processor_and_metrics(rng):
     size = 32
     logits = torch.randn(2, 11, 8, 8, generator=rng)
-    whole_crop = torch.tensor([[0.0, 0.0, float(size)]] * 2)
-    processed = np.stack(FaceptorImageProcessor.post_process_parsing(logits, whole_crop, [(size, size)] * 2))
+    processed = np.stack([label_map.numpy() for label_map in through_processor("parsing", logits, size)])
     references = np.zeros((2, size, size), dtype=np.int64)
     reduced = preprocess_logits_for_task("parsing")(logits, torch.from_numpy(references))
     from_raw, _ = prepare_inputs("parsing", logits.numpy(), references)
@@ -158,7 +166,7 @@ def test_parsing_agrees_between_processor_and_metrics(rng):
 
 def test_age_agrees_between_processor_and_metrics(rng):
     logits = torch.randn(5, 101, generator=rng) * 3
-    processed = FaceptorImageProcessor.post_process_age(logits)
+    processed = through_processor("age", logits).numpy()
     reduced = preprocess_logits_for_task("age")(logits, None)
     from_raw, _ = prepare_inputs("age", logits.numpy(), np.zeros(5))
     np.testing.assert_array_equal(processed, reduced.numpy())
@@ -168,15 +176,14 @@ def test_age_agrees_between_processor_and_metrics(rng):
 def test_classes_and_attributes_agree_between_processor_and_metrics(rng):
     logits = torch.randn(6, 7, generator=rng)
     names = [f"class_{index}" for index in range(7)]
-    processed = [max(row, key=row.get) for row in FaceptorImageProcessor.post_process_classification(logits, names)]
+    processed = [names[index] for index in through_processor("classification", logits).argmax(dim=1).tolist()]
     reduced = preprocess_logits_for_task("classification")(logits, None)
     from_raw, _ = prepare_inputs("classification", logits.numpy(), np.zeros(6))
     assert processed == [names[index] for index in reduced.tolist()] == [names[index] for index in from_raw]
 
     attribute_logits = torch.randn(4, 40, generator=rng)
     names = [f"attribute_{index}" for index in range(40)]
-    rows = FaceptorImageProcessor.post_process_multilabel(attribute_logits, names)
-    processed = np.array([[int(row[name] > 0.5) for name in names] for row in rows])
+    processed = (through_processor("multilabel", attribute_logits) > 0.5).int().numpy()
     reduced = preprocess_logits_for_task("multilabel")(attribute_logits, None)
     from_raw, _ = prepare_inputs("multilabel", attribute_logits.numpy(), np.zeros((4, 40)))
     np.testing.assert_array_equal(processed, reduced.numpy())
@@ -186,7 +193,7 @@ def test_classes_and_attributes_agree_between_processor_and_metrics(rng):
 def test_embeddings_agree_between_processor_and_verification(rng):
     first, second = torch.randn(40, 16, generator=rng) * 5, torch.randn(40, 16, generator=rng) * 5
     issame = np.arange(40) % 2 == 0
-    processed = [FaceptorImageProcessor.post_process_embedding(side) for side in (first, second)]
+    processed = [through_processor("embedding", side).numpy() for side in (first, second)]
     np.testing.assert_allclose(processed[0], normalized_embeddings(first.double()).numpy(), rtol=1e-6)
     # The verification metric normalises raw embeddings with the same function: already normalised ones score alike.
     assert verification_scores(*processed, issame) == pytest.approx(verification_scores(first, second, issame))

@@ -10,6 +10,13 @@ import torch
 from transformers import AutoImageProcessor
 
 from faceptor import FaceptorConfig, FaceptorImageProcessor
+from faceptor.processing.decoding import (
+    attribute_probabilities,
+    class_probabilities,
+    expected_age,
+    landmark_points,
+    normalized_embeddings,
+)
 from faceptor.processing.image_processing_faceptor import square_crop
 
 
@@ -58,7 +65,7 @@ def test_landmarks_go_back_to_image_pixels():
     heatmaps = torch.full((1, 2, 16, 16), -30.0)
     heatmaps[0, 0, 4, 12] = 30.0  # row 4, column 12 of a 16x16 map
     heatmaps[0, 1, 15, 0] = 30.0
-    points = FaceptorImageProcessor.post_process_landmarks(heatmaps, crops)[0]
+    points = FaceptorImageProcessor.to_image_pixels(landmark_points(heatmaps), crops)[0].numpy()
     expected = np.array(
         [
             [30 + (12.5 / 16) * 100 - 0.5, 30 + (4.5 / 16) * 100 - 0.5],
@@ -73,7 +80,7 @@ def test_parsing_label_map_has_the_image_size_and_background_outside_the_crop():
     logits[0, 1, :, :4] = 5.0  # class 1 on the crop's left half
     logits[0, 2, :, 4:] = 5.0  # class 2 on its right half
     crops = torch.tensor([[10.0, -20.0, 80.0]])
-    label_map = FaceptorImageProcessor.post_process_parsing(logits, crops, [(100, 120)])[0]
+    label_map = FaceptorImageProcessor.parsing_label_maps(logits, crops, [(100, 120)])[0].numpy()
     assert label_map.shape == (100, 120) and label_map.dtype == np.uint8
     assert (label_map[:, :10] == 0).all() and (label_map[60:, :] == 0).all() and (label_map[:, 90:] == 0).all()
     assert (label_map[0:60, 10:45] == 1).all() and (label_map[0:60, 55:90] == 2).all()
@@ -83,13 +90,13 @@ def test_value_post_processing():
     age_logits = torch.full((2, 101), -20.0)
     age_logits[0, 37] = 20.0
     age_logits[1] = 0.0  # uniform -> the mean age 50
-    np.testing.assert_allclose(FaceptorImageProcessor.post_process_age(age_logits), [37.0, 50.0], atol=1e-3)
-    probabilities = FaceptorImageProcessor.post_process_classification(torch.tensor([[0.0, 2.0]]), ["a", "b"])[0]
-    assert list(probabilities) == ["a", "b"] and abs(sum(probabilities.values()) - 1) < 1e-6
+    np.testing.assert_allclose(expected_age(age_logits), [37.0, 50.0], atol=1e-3)
+    probabilities = dict(zip(["a", "b"], class_probabilities(torch.tensor([[0.0, 2.0]]))[0].tolist(), strict=True))
+    assert abs(sum(probabilities.values()) - 1) < 1e-6
     assert probabilities["b"] > probabilities["a"]
-    attributes = FaceptorImageProcessor.post_process_multilabel(torch.tensor([[0.0, 100.0]]), ["x", "y"])[0]
-    assert attributes == pytest.approx({"x": 0.5, "y": 1.0})
-    embeddings = FaceptorImageProcessor.post_process_embedding(torch.randn(3, 7))
+    attributes = attribute_probabilities(torch.tensor([[0.0, 100.0]]))[0].tolist()
+    assert attributes == pytest.approx([0.5, 1.0])
+    embeddings = normalized_embeddings(torch.randn(3, 7)).numpy()
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-6)
 
 
@@ -149,7 +156,7 @@ def test_tanh_warped_parsing_crops_and_their_inverse():
     xs = (left + source).long().clamp(0, 299)
     ys = (top + source).long().clamp(0, 199)
     logits = torch.nn.functional.one_hot(truth[ys][:, xs], 3).permute(2, 0, 1).float() * 10
-    labels = FaceptorImageProcessor.post_process_parsing(logits[None], out["crops_parsing"], [(200, 300)], 0.8)[0]
+    labels = FaceptorImageProcessor.parsing_label_maps(logits[None], out["crops_parsing"], [(200, 300)], 0.8)[0].numpy()
     inside = slice(70, 130), slice(110, 170)  # around the face, where the warp keeps full resolution
     assert (labels[inside] == truth.numpy()[inside]).mean() > 0.95
 
