@@ -461,6 +461,7 @@ def _run_inputs(
             report=_report_error,
             detector=None if args.no_detector else "auto",
             folders=folders,
+            human=human,
         )
         if output is not sys.stdout:
             finish_output(output, written)

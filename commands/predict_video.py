@@ -23,6 +23,7 @@ from .output_files import is_special, remove_stale_temporaries, rename_target
 from .parquet_output import write_record
 from .predict_outputs import InputFiles, frame_folders
 from .result_json import json_line
+from .terminal_output import describe_result
 
 
 def split_videos(named: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -67,9 +68,11 @@ def predict_videos(
     detector: Any,
     report,
     folders: Sequence[str] | None = None,
+    human: bool = False,
 ) -> tuple[int, int]:
     """Runs every video of `videos` ((path, name) pairs) through `face_pipeline`, writing their records to `output`;
-    `report(line)` prints a video's one error line. Returns (videos that failed or broke part-way, faces with
+    `report(line)` prints a video's one error line; `human`: a few readable lines per frame instead of its record
+    (standard output is a terminal). Returns (videos that failed or broke part-way, faces with
     non-finite values)."""
     from tqdm.auto import tqdm
 
@@ -101,7 +104,10 @@ def predict_videos(
                         if result["faces"]:
                             line, flagged = json_line(result)
                             non_finite += flagged
-                            write_record(output, result, line)
+                            if human:  # a person at a terminal: readable lines, above the progress bar
+                                progress.write("\n".join(describe_result(result)), file=output)
+                            else:
+                                write_record(output, result, line)
                         if wants_annotated_video(args.visualize):
                             if writer is None:
                                 height, width = frame.image.shape[:2]

@@ -66,3 +66,21 @@ def test_output_to_a_file_with_a_person_watching_ends_with_where_it_went(model_d
     assert closing.startswith("faceptor: 1 image, 1 face, 0 errors")
     assert f"results in {output}" in closing and f"pictures in {tmp_path / 'pictures'}" in closing
     assert "faceptor: loading the model ..." in err
+
+
+def test_a_terminal_gets_readable_lines_for_video_frames_too(model_dir, tmp_path, monkeypatch, capsys):
+    import pytest
+
+    pytest.importorskip("av")
+    from test_video import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4")
+    monkeypatch.setattr(predict, "is_terminal", lambda stream=None: True)
+    arguments = ["predict", str(clip), "--model", str(model_dir), "--no-detector", "--every", "10", *TASKS]
+    status, out, _ = run_cli(arguments, capsys)
+
+    assert status == 0
+    lines = out.splitlines()
+    assert not any(line.lstrip().startswith("{") for line in lines) and "counts" not in out, out
+    frames = [line for line in lines if line.startswith(f"{clip} frame ")]
+    assert frames and all(": 1 face" in line for line in frames)
