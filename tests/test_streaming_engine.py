@@ -127,3 +127,20 @@ def test_every_entry_point_gives_the_same_records(face_pipeline, astronaut, tmp_
                     assert face["box"] == expected["box"] and face["box_source"] == expected["box_source"]
                     assert face["age"] == pytest.approx(expected["age"], abs=1e-3)
                     np.testing.assert_allclose(face["landmarks"], expected["landmarks"], atol=1e-2)
+
+
+def test_video_frames_get_the_records_their_images_get(face_pipeline, tmp_path):
+    pytest.importorskip("av")
+    from test_video import write_clip
+
+    from faceptor.video.perception import perceive_video
+
+    clip = write_clip(tmp_path / "clip.mp4")
+    tasks = ["age_morph2", "align_300w"]
+    pairs = list(perceive_video(face_pipeline, clip, every=2, tasks=tasks, batch_size=3))
+    singles = face_pipeline([frame.image for frame, _ in pairs], tasks=tasks, batch_size=3, detector="auto")
+    assert len(pairs) >= 3
+    for (frame, record), single in zip(pairs, singles, strict=True):
+        assert record["frame"] == frame.index and record["image_size"] == single["image_size"]
+        assert [face["box"] for face in record["faces"]] == [face["box"] for face in single["faces"]]
+        assert [face["age"] for face in record["faces"]] == [face["age"] for face in single["faces"]]
