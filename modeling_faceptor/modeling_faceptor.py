@@ -719,6 +719,44 @@ class FaceptorTaskModelMixin:
     def task_specs(self) -> dict[str, TaskSpec]:
         return self.config.task_specs
 
+    def forward_groups(
+        self,
+        inputs: Mapping[str, torch.Tensor | None],
+        tasks: str | Sequence[str] | None,
+        run: Callable[[torch.Tensor, list[str]], FaceptorOutput],
+    ) -> FaceptorOutput:
+        """The forward on the image processor's crop groups (`inputs`: "dense", "face", "parsing" crops of the
+        same faces, or None): each task reads its kind's group (the dense crops when its group was not given),
+        `run(crops, task_names)` once per group needed, the outputs merged in task order. The encoder's outputs
+        are those of the dense crops when a task read them, else of the first group run."""
+        specs = self.resolve_tasks(tasks)
+        by_input: dict[str, list[str]] = {}
+        for spec in specs:
+            group = spec.kind_info.crop_group
+            by_input.setdefault(group if inputs.get(group) is not None else "dense", []).append(spec.name)
+        if "dense" in by_input and inputs.get("dense") is None:
+            raise ValueError(f"Tasks {by_input['dense']} read pixel_values, which was not given.")
+        outputs = {group: run(inputs[group], names) for group, names in by_input.items()}
+        encoder = outputs.get("dense", next(iter(outputs.values())))
+        task_group = {name: group for group, names in by_input.items() for name in names}
+        tokens = {group: output.decoder_tokens or {} for group, output in outputs.items()}
+        decoder_tokens = {
+            spec.name: tokens[task_group[spec.name]][spec.name]
+            for spec in specs
+            if spec.name in tokens[task_group[spec.name]]
+        }
+        has_decoder = any(output.decoder_tokens is not None for output in outputs.values())  # Naive Faceptor: none
+        return FaceptorOutput(
+            last_hidden_state=encoder.last_hidden_state,
+            task_outputs={spec.name: outputs[task_group[spec.name]].task_outputs[spec.name] for spec in specs},
+            decoder_tokens=decoder_tokens if has_decoder else None,
+            pixel_embeddings=next(
+                (out.pixel_embeddings for out in (encoder, *outputs.values()) if out.pixel_embeddings is not None), None
+            ),
+            hidden_states=encoder.hidden_states,
+            attentions=encoder.attentions,
+        )
+
     def get_input_embeddings(self) -> nn.Module:
         """The patch embedding convolution, as ViT-style models give."""
         return self.encoder.embeddings.patch_embedding
@@ -943,54 +981,20 @@ class FaceptorModel(FaceptorTaskSetMixin, FaceptorTaskModelMixin, FaceptorPreTra
             inputs = {"dense": pixel_values, "face": pixel_values_face, "parsing": pixel_values_parsing}
             if task_samples:
                 raise ValueError("task_samples selects rows of one input; pass pixel_values alone with it.")
-            return self._forward_groups(inputs, tasks, output_hidden_states, return_dict, output_attentions)
+            return_dict = return_dict if return_dict is not None else self.config.return_dict
+            output = self.forward_groups(
+                inputs,
+                tasks,
+                lambda crops, names: self._forward_crops(
+                    crops, names, None, output_hidden_states, True, output_attentions
+                ),
+            )
+            return output if return_dict else output.to_tuple()
         if pixel_values is None:
             raise ValueError("pixel_values is required (the face crops, as the image processor returns them).")
         return self._forward_crops(
             pixel_values, tasks, task_samples, output_hidden_states, return_dict, output_attentions
         )
-
-    def _forward_groups(
-        self,
-        inputs: Mapping[str, torch.Tensor | None],
-        tasks: str | Sequence[str] | None,
-        output_hidden_states: bool | None,
-        return_dict: bool | None,
-        output_attentions: bool | None,
-    ) -> FaceptorOutput | tuple:
-        """`forward` on the processor's crop groups: each task reads its group's crops (`pixel_values` for
-        those whose group was not given), one encoder pass per group, the outputs merged in task order."""
-        specs = self.resolve_tasks(tasks)
-        by_input: dict[str, list[str]] = {}
-        for spec in specs:
-            group = "face" if spec.category != "dense" else "parsing" if spec.kind == "parsing" else "dense"
-            group = group if inputs[group] is not None else "dense"
-            by_input.setdefault(group, []).append(spec.name)
-        if "dense" in by_input and inputs["dense"] is None:
-            raise ValueError(f"Tasks {by_input['dense']} read pixel_values, which was not given.")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = {
-            group: self._forward_crops(inputs[group], names, None, output_hidden_states, True, output_attentions)
-            for group, names in by_input.items()
-        }
-        encoder = outputs.get("dense", next(iter(outputs.values())))
-        task_group = {name: group for group, names in by_input.items() for name in names}
-        tokens = {group: output.decoder_tokens for group, output in outputs.items()}
-        output = FaceptorOutput(
-            last_hidden_state=encoder.last_hidden_state,
-            task_outputs={spec.name: outputs[task_group[spec.name]].task_outputs[spec.name] for spec in specs},
-            decoder_tokens={
-                spec.name: tokens[task_group[spec.name]][spec.name]
-                for spec in specs
-                if spec.name in tokens[task_group[spec.name]]
-            },
-            pixel_embeddings=next(
-                (out.pixel_embeddings for out in (encoder, *outputs.values()) if out.pixel_embeddings is not None), None
-            ),
-            hidden_states=encoder.hidden_states,
-            attentions=encoder.attentions,
-        )
-        return output if return_dict else output.to_tuple()
 
     def _decoder_tokens(
         self,

@@ -274,16 +274,22 @@ class NaiveFaceptorModel(FaceptorTaskModelMixin, NaiveFaceptorPreTrainedModel):
 
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         tasks: str | Sequence[str] | None = None,
         task_samples: Mapping[str, slice] | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
+        pixel_values_face: torch.Tensor | None = None,
+        pixel_values_parsing: torch.Tensor | None = None,
     ) -> FaceptorOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Normalised face crops; height and width multiples of the patch size.
+            Normalised face crops; height and width multiples of the patch size. With `pixel_values_face` or
+            `pixel_values_parsing`, the crops of the tasks that read neither (the dense crops).
+        pixel_values_face, pixel_values_parsing (`torch.FloatTensor`, *optional*):
+            The other crop groups of the same faces, as the image processor returns them when called without tasks:
+            `model(**processor(images))` returns every task, one encoder pass per group (as [`FaceptorModel`]).
         tasks (`str` or `list[str]`, *optional*):
             Tasks to run (all the model's tasks by default).
         task_samples (`dict[str, slice]`, *optional*):
@@ -301,6 +307,20 @@ class NaiveFaceptorModel(FaceptorTaskModelMixin, NaiveFaceptorPreTrainedModel):
         Returns a [`FaceptorOutput`] whose `task_outputs` holds one raw output per task; `decoder_tokens` and
         `pixel_embeddings` are `None` (Naive Faceptor has no decoder).
         """
+        if pixel_values_face is not None or pixel_values_parsing is not None:
+            if task_samples:
+                raise ValueError("task_samples selects rows of one input; pass pixel_values alone with it.")
+            inputs = {"dense": pixel_values, "face": pixel_values_face, "parsing": pixel_values_parsing}
+            output = self.forward_groups(
+                inputs,
+                tasks,
+                lambda crops, names: self(crops, names, None, output_hidden_states, True, output_attentions),
+            )
+            return (
+                output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+            )
+        if pixel_values is None:
+            raise ValueError("pixel_values is required (the face crops, as the image processor returns them).")
         self._check_pixel_values(pixel_values)
         specs = self.resolve_tasks(tasks)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions

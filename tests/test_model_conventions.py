@@ -231,3 +231,20 @@ def test_from_pretrained_reports_missing_tensors_and_initialises_them(tmp_path):
     torch.testing.assert_close(
         loaded.decoder.query_features["affect_rafdb"], model.decoder.query_features["affect_rafdb"]
     )
+
+
+@pytest.mark.parametrize("model_class, config", [(FaceptorModel, tiny_config), (NaiveFaceptorModel, naive_tiny_config)])
+def test_both_models_take_the_processors_default_output_and_return_every_task(model_class, config):
+    import numpy as np
+
+    from faceptor import FaceptorImageProcessor
+
+    model = model_class(config()).eval()
+    processor = FaceptorImageProcessor(dense_size=64, face_size=32)
+    image = np.random.default_rng(0).integers(0, 256, (80, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        outputs = model(**processor(image))  # no arguments, as every transformers model card shows
+        assert list(outputs.task_outputs) == model.config.task_names
+        for spec in model.resolve_tasks():  # the same as each task on its own group's crops
+            alone = model(**processor(image, tasks=[spec]))
+            torch.testing.assert_close(outputs.task_outputs[spec.name], alone.task_outputs[spec.name])
