@@ -125,6 +125,26 @@ def remove_stale_temporaries(final: str) -> list[str]:
     return removed
 
 
+def remove_stale_temporaries_in(folder: str) -> list[str]:
+    """Removes, anywhere below `folder`, the `.tmp` temporaries (`NAME.PID-XXXXXX.tmp`) that a killed run left
+    while writing pictures there: those whose process is gone. Returns their paths."""
+    removed = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            match = _OURS.search(name)
+            if match is None or match.group(2) != "tmp" or not name.endswith(match.group(0)):
+                continue
+            pid = int(match.group(1))
+            if pid == os.getpid() or _alive(pid):
+                continue
+            try:
+                os.remove(os.path.join(root, name))
+                removed.append(os.path.join(root, name))
+            except OSError:
+                pass
+    return removed
+
+
 def check_distinct(outputs: dict[str, str]) -> None:
     """Refuses, in one line, two outputs (option -> path) that are one path, or where one lies inside the other
     (a folder of pictures holding the JSON lines)."""
@@ -150,6 +170,7 @@ __all__ = [
     "open_output",
     "partial_path",
     "remove_stale_temporaries",
+    "remove_stale_temporaries_in",
     "rename_target",
     "temporary_path",
 ]

@@ -14,7 +14,15 @@ from typing import IO, Any
 
 from ..visualization.drawing import is_saved_picture
 from .errors import CommandError
-from .output_files import OutputError, OutputFile, check_distinct, disk_problem, is_special, remove_stale_temporaries
+from .output_files import (
+    OutputError,
+    OutputFile,
+    check_distinct,
+    disk_problem,
+    is_special,
+    remove_stale_temporaries,
+    remove_stale_temporaries_in,
+)
 from .output_files import temporary_path as temporary_path
 
 LOCK_SUFFIX = ".lock"
@@ -195,6 +203,7 @@ def make_picture_folder(folder: str) -> None:
         raise CommandError(f"--visualize {folder}: cannot make the folder ({error.strerror})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CommandError(f"--visualize {folder}: not writable")
+    remove_stale_temporaries_in(folder)  # a killed run's half-written pictures
 
 
 def frame_folders(videos: Sequence[tuple[str, str]], folder: str, pictures: Sequence[str]) -> list[str]:

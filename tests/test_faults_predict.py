@@ -224,6 +224,15 @@ def stale_leftovers(root: Path) -> None:
     (root / "earlier.jsonl.lock").write_text(f"{pid} {socket.gethostname()}\n")
 
 
+def stale_picture_leftovers(root: Path) -> None:
+    """A run killed with SIGKILL while saving pictures: a half-written picture's temporary in --visualize, beside an
+    earlier picture that must stay."""
+    pictures = root / "pics" / "older"
+    pictures.mkdir(parents=True)
+    (pictures / f"face.jpg.{dead_pid()}-abcdef.tmp").write_bytes(b"\xff\xd8 half")
+    (pictures / "kept.jpg").write_bytes(b"not ours to touch")
+
+
 def terminated_after_one_result(monkeypatch) -> None:
     """SIGTERM (as `timeout` or a container stop sends it) once the first image's result is written."""
     stream = predict.predict_stream
@@ -370,6 +379,11 @@ def no_partial_video(root: Path) -> None:
 
 def the_partial_video_cleaned(root: Path) -> None:
     assert not list(root.glob("*.partial.mp4")) and (root / "out.mp4").stat().st_size > 0
+
+
+def picture_leftovers_cleaned(root: Path) -> None:
+    assert not list(root.glob("pics/**/*.tmp")) and (root / "pics" / "older" / "kept.jpg").read_bytes()
+    assert (root / "pics" / "face.jpg").is_file()
 
 
 def leftovers_cleaned(root: Path) -> None:
@@ -732,6 +746,15 @@ CASES = [
         written=("earlier.jsonl", "earlier.jsonl.lock", "*.tmp"),
         arrange=stale_leftovers,
         check=leftovers_cleaned,
+    ),
+    Case(
+        "a killed run's half-written picture is cleaned",
+        ["{w}/photos/face.jpg", "--output", "{w}/out.jsonl", "--visualize", "{w}/pics"],
+        0,
+        [],
+        written=("out.jsonl", "pics/face.jpg", "pics/older/*.tmp"),
+        arrange=stale_picture_leftovers,
+        check=picture_leftovers_cleaned,
     ),
     Case(
         "SIGTERM mid-run",
