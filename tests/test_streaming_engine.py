@@ -144,3 +144,31 @@ def test_video_frames_get_the_records_their_images_get(face_pipeline, tmp_path):
         assert record["frame"] == frame.index and record["image_size"] == single["image_size"]
         assert [face["box"] for face in record["faces"]] == [face["box"] for face in single["faces"]]
         assert [face["age"] for face in record["faces"]] == [face["age"] for face in single["faces"]]
+
+
+def test_the_chunk_batched_detection_path_gives_the_per_image_records(face_pipeline, astronaut, tmp_path, monkeypatch):
+    """The GPU path's logic on the CPU: the torch cascade called once per chunk on the engine's pixels (as on an
+    accelerator) finds the faces the per-image onnxruntime path finds, and the records agree."""
+    from PIL import Image
+
+    from faceptor.processing import streaming
+
+    paths = []
+    for index, size in enumerate((384, 300, 256, 320, 200)):
+        path = tmp_path / f"photo_{index}.jpg"
+        Image.fromarray(astronaut).resize((size, size * 4 // 3)).save(path, quality=95)
+        paths.append(str(path))
+    tasks = ["age_morph2", "align_300w"]
+    on_threads = face_pipeline(paths, tasks=tasks, batch_size=2, detector="auto")
+    batched = MTCNNDetector(device="cpu", backend="torch", resampler="torch")
+    calls = []
+    detect_batch = batched.detect_batch
+    batched.detect_batch = lambda images: calls.append(len(images)) or detect_batch(images)
+    monkeypatch.setattr(streaming, "detects_on_device", lambda detector: detector is batched)
+    in_chunks = face_pipeline(paths, tasks=tasks, batch_size=2, detector=batched)
+    assert calls == [2, 2, 1]  # one call per chunk of images
+    for one, other in zip(on_threads, in_chunks, strict=True):
+        assert len(one["faces"]) == len(other["faces"]) >= 1
+        for face, same in zip(one["faces"], other["faces"], strict=True):
+            np.testing.assert_allclose(face["box"], same["box"], atol=0.02)
+            assert face["age"] == pytest.approx(same["age"], abs=1e-2)
