@@ -118,7 +118,6 @@ class ResultSink:
             self.saver = BoundedPictureSaver(picture_workers, pictures_pending, done=self._picture_saved)
         self.throughput = Throughput()
         self.errors = self.no_face = self.non_finite = self.failed_pictures = 0
-        self.images = self.faces = 0  # usable results, for the closing line
 
     def __call__(self, item: StreamItem) -> None:
         result = item.result
@@ -140,10 +139,8 @@ class ResultSink:
             raise CommandError(f"cannot write the output ({error.strerror or error})") from None
         if self.saver is not None and status != ERROR:
             self.saver.submit(_save_picture, item.image_array(), result, self.pictures[item.index])
-        self.throughput.add(result)
         if status != ERROR:
-            self.images += 1
-            self.faces += len(result.get("faces", ()))
+            self.throughput.add(result)  # usable results: the bar's rate and the closing line
         if status == ERROR and not os.path.exists(item.input):
             return  # the bar counts the inputs that exist: a missing one is only its error line
         self.progress.set_postfix_str(f"{self.throughput.faces_per_second():.2f} faces/s", refresh=False)
@@ -483,10 +480,11 @@ def _report_run(args: argparse.Namespace, run: _Run, total: int, state: Any) -> 
     if world == 1:
         closing = None
         if run.human or (not args.quiet and is_terminal(sys.stderr)):
-            seconds = time.perf_counter() - sink.throughput.start
-            rate = sink.images / seconds if sink.images and seconds > 0 else None
+            done = sink.throughput
+            seconds = time.perf_counter() - done.start
+            rate = done.images / seconds if done.images and seconds > 0 else None
             errors = sink.errors + run.video_errors
-            closing = closing_line(total, sink.faces, errors, sink.no_face, rate, run.final, args.visualize)
+            closing = closing_line(total, done.faces, errors, sink.no_face, rate, run.final, args.visualize)
         to = sys.stdout if run.human else sys.stderr
         _summarise(sink.no_face, total, sink.non_finite + run.video_non_finite, closing, to)
         return 1 if sink.errors or run.video_errors else 0

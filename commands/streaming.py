@@ -79,7 +79,7 @@ class BoundedPictureSaver:
 
 
 class Throughput:
-    """Images and faces done since the start, for the progress bar's postfix."""
+    """Usable images and their faces since the start: the progress bar's rate and the closing line's counts."""
 
     def __init__(self):
         self.start, self.images, self.faces = time.perf_counter(), 0, 0

@@ -8,7 +8,8 @@ detector on an accelerator, fed by pixels already there); then the faces of a ch
 pipeline together (`batch_size` faces per forward pass, from any images), and the items come out in input order
 with their result set. A bad input is its own error record, never the end of the run.
 
-This file travels to the Hub with the pipeline, so it imports only the standard library, numpy and torch.
+This file travels to the Hub with the pipeline, so it imports only the standard library, numpy and torch at module
+level (PIL and torchvision inside the nvJPEG decoder).
 """
 
 from __future__ import annotations

@@ -33,6 +33,23 @@ TINY = dict(
 )
 
 
+# `accelerate launch` of two CPU processes (gloo), as the README's multi-process commands run here; a module follows.
+ACCELERATE_TWO_CPU_PROCESSES = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+
+
 def tiny_config(**overrides) -> FaceptorConfig:
     """Faceptor-Base's seven tasks on a model small enough for a 2-core CPU."""
     values = {**TINY, "decoder_feature_layers": [3, 1], **overrides}

@@ -18,7 +18,7 @@ from PIL import Image
 from skimage import data
 from transformers import pipeline
 
-from conftest import run_cli
+from conftest import ACCELERATE_TWO_CPU_PROCESSES, run_cli
 from faceptor.commands.predict import predict_stream
 from faceptor.commands.sharding import merge_parts, part_path, shard, write_part_line
 from faceptor.commands.streaming import OrderedWriter
@@ -271,18 +271,7 @@ def test_two_processes_under_accelerate_give_the_single_process_output(model_dir
     single = subprocess.run(alone, capture_output=True, text=True, env=env, timeout=600)
     assert single.returncode == 1, single.stderr[-3000:]
     launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *ACCELERATE_TWO_CPU_PROCESSES,
         "-m",
         "faceptor.commands.predict",
         *common,

@@ -2,7 +2,6 @@ import copy
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModel
 
+from conftest import ACCELERATE_TWO_CPU_PROCESSES
 from faceptor import FaceptorModel
 from faceptor.train.config import TrainingConfigError, load_training_config, parse_training_config
 from faceptor.train.data.multitask import MultiTaskStepDataset, TaskStream
@@ -197,18 +197,7 @@ def test_two_processes_with_accelerate_agree_and_save_a_loadable_model(tmp_path)
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *ACCELERATE_TWO_CPU_PROCESSES,
         "-m",
         "faceptor.train",
         "--config",
